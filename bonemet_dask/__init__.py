@@ -1,0 +1,54 @@
+"""bonemet-dask: BoneMet micro-CT PNG stacks to labelled, sharded Zarr, processed as Dask graphs.
+
+>>> import bonemet_dask as bm
+>>> catalog = bm.scan_source("BoneMet/")          # doctest: +SKIP
+>>> client = bm.connect()                         # doctest: +SKIP
+
+Heavy modules (dask.distributed, numba kernels) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "scan_source": ("bonemet_dask.io.catalog", "scan_source"),
+    "Catalog": ("bonemet_dask.io.catalog", "Catalog"),
+    "Stack": ("bonemet_dask.io.catalog", "Stack"),
+    "Problem": ("bonemet_dask.io.catalog", "Problem"),
+    "parse_skyscan_log": ("bonemet_dask.io.skyscan_log", "parse_skyscan_log"),
+    "connect": ("bonemet_dask.cluster", "connect"),
+    "ConeGeometry": ("bonemet_dask.geometry", "ConeGeometry"),
+    "VolumeGrid": ("bonemet_dask.geometry", "VolumeGrid"),
+    "SynthConfig": ("bonemet_dask.synth", "SynthConfig"),
+    "synth": ("bonemet_dask.synth", None),
+    "naming": ("bonemet_dask.naming", None),
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+if TYPE_CHECKING:
+    from bonemet_dask import naming, synth
+    from bonemet_dask.cluster import connect
+    from bonemet_dask.geometry import ConeGeometry, VolumeGrid
+    from bonemet_dask.io.catalog import Catalog, Problem, Stack, scan_source
+    from bonemet_dask.io.skyscan_log import parse_skyscan_log
+    from bonemet_dask.synth import SynthConfig
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'bonemet_dask' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

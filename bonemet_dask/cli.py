@@ -1,0 +1,254 @@
+"""The ``bonemet-dask`` command line (typer + rich).
+
+Exit codes: 0 ok, 1 failure, 2 bad usage, 3 finished but inputs had (or would be quarantined
+for) errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bonemet_dask.naming import COMPONENTS, SIDES
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_QUARANTINED = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="bonemet-dask",
+    help="BoneMet micro-CT: PNG stacks to sharded OME-Zarr and the processing chain on Dask.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
+
+
+# ---------------------------------------------------------------- selection helpers
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def parse_weeks(value: str | None) -> list[int] | None:
+    """``"0,2-4"`` -> ``[0, 2, 3, 4]``; None stays None."""
+    items = _split(value)
+    if items is None:
+        return None
+    weeks: list[int] = []
+    for item in items:
+        try:
+            if "-" in item:
+                lo, hi = (int(v) for v in item.split("-", 1))
+                weeks.extend(range(lo, hi + 1))
+            else:
+                weeks.append(int(item))
+        except ValueError:
+            raise typer.BadParameter(
+                f"--weeks {value!r}: {item!r} is not a week number or range like 0,2-4"
+            ) from None
+    return weeks
+
+
+def _choices(option: str, value: str | None, allowed: tuple[str, ...]) -> list[str] | None:
+    items = _split(value)
+    for item in items or ():
+        if item not in allowed:
+            raise typer.BadParameter(f"{option} {item!r} is not one of {', '.join(allowed)}")
+    return items
+
+
+MiceOpt = Annotated[str | None, typer.Option("--mice", help="Animal ids, comma separated.")]
+WeeksOpt = Annotated[str | None, typer.Option("--weeks", help="Weeks, e.g. 0,2-4.")]
+SidesOpt = Annotated[str | None, typer.Option("--sides", help="left, right, both.")]
+ComponentsOpt = Annotated[
+    str | None, typer.Option("--components", help=f"Comma separated: {', '.join(COMPONENTS)}.")
+]
+
+
+# ---------------------------------------------------------------- commands
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the synthetic BoneMet tree into.")],
+    mice: Annotated[int, typer.Option(help="Number of animals.")] = 2,
+    weeks: Annotated[int, typer.Option(help="Weekly scans per animal (weeks 0..K-1).")] = 3,
+    size: Annotated[str, typer.Option(help="tiny (1/64), small (1/16), medium (1/4), full.")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Seed: the same seed writes byte-identical trees.")] = 0,
+    variants: Annotated[bool, typer.Option(help="Use published naming variants.")] = False,
+    components: ComponentsOpt = None,
+    cluster: Annotated[
+        str, typer.Option(help="'none' (in this process), 'local', 'slurm', 'gpu' or an address.")
+    ] = "none",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing tree in OUT.")] = False,
+) -> None:
+    """Write a synthetic BoneMet tree (published layout, naming, .log files, record.csv)."""
+    from bonemet_dask.synth import SynthConfig, generate
+
+    try:
+        config = SynthConfig(
+            mice=mice,
+            weeks=weeks,
+            size=size,
+            seed=seed,
+            variants=variants,
+            components=tuple(_choices("--components", components, COMPONENTS) or COMPONENTS),
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    started = time.perf_counter()
+    with _client(cluster) as client, _progress("Generating scans") as update:
+        try:
+            generate(str(out), config, client=client, progress=update, overwrite=overwrite)
+        except FileExistsError as err:
+            err_console.print(f"[red]{err}[/red]")
+            raise typer.Exit(EXIT_USAGE) from None
+    console.print(
+        f"Wrote {config.mice} animals x {config.weeks} weeks ({size}) to [bold]{out}[/bold] "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+
+
+@app.command()
+def plan(
+    src: Annotated[str, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")],
+    mice: MiceOpt = None,
+    weeks: WeeksOpt = None,
+    sides: SidesOpt = None,
+    components: ComponentsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the catalog as JSON.")] = False,
+    max_problems: Annotated[int, typer.Option(help="Problems listed in the table.")] = 50,
+) -> None:
+    """Dry run: list every stack, the totals per component and the problems found.
+
+    Exits 3 when a stack has an error (it would be quarantined by ``convert``).
+    """
+    from bonemet_dask.io.catalog import scan_source
+    from bonemet_dask.io.catalog_report import catalog_tables
+
+    try:
+        catalog = scan_source(src)
+    except FileNotFoundError as err:
+        err_console.print(f"[red]{err}[/red]")
+        raise typer.Exit(EXIT_FAILURE) from None
+    catalog = catalog.select(
+        components=_choices("--components", components, COMPONENTS),
+        mice=_split(mice),
+        sides=_choices("--sides", sides, SIDES),
+        weeks=parse_weeks(weeks),
+    )
+    if as_json:
+        frame = catalog.to_dataframe()
+        problems = [_problem_dict(p) for p in catalog.all_problems()]
+        stacks = json.loads(frame.to_json(orient="records"))
+        console.print_json(json.dumps({"stacks": stacks, "problems": problems}))
+    else:
+        for table in catalog_tables(catalog, max_problems=max_problems):
+            console.print(table)
+    if any(not stack.ok for stack in catalog.stacks):
+        raise typer.Exit(EXIT_QUARANTINED)
+
+
+def _problem_dict(problem) -> dict[str, str]:
+    return {k: getattr(problem, k) for k in ("severity", "kind", "path", "message")}
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes its data.")] = Path("demo-output"),
+    size: Annotated[str, typer.Option(help="Synthetic size preset.")] = "small",
+    mice: Annotated[int, typer.Option(help="Animals.")] = 2,
+    weeks: Annotated[int, typer.Option(help="Weeks.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="LocalCluster workers.")] = None,
+) -> None:
+    """Run the pipeline as it stands on an embedded LocalCluster: synth -> catalog (-> later stages)."""
+    from bonemet_dask.cluster import connect
+    from bonemet_dask.io.catalog import scan_source
+    from bonemet_dask.io.catalog_report import catalog_tables
+    from bonemet_dask.synth import TRUTH_FILE, SynthConfig, generate
+
+    source = out / "source"
+    with connect("local", n_workers=workers) as client:
+        console.rule("bonemet-dask demo")
+        console.print(f"Dask dashboard: [bold cyan]{client.dashboard_link}[/bold cyan]")
+        config = SynthConfig(mice=mice, weeks=weeks, size=size, seed=seed)
+        started = time.perf_counter()
+        with _progress("1/2 synthetic BoneMet tree") as update:
+            generate(str(source), config, client=client, progress=update, overwrite=True)
+        console.print(f"  wrote {source} in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        catalog = scan_source(str(source))
+        console.print(f"  catalogued {len(catalog)} stacks in {time.perf_counter() - started:.2f} s")
+        for table in catalog_tables(catalog):
+            console.print(table)
+    console.rule("results")
+    console.print(f"source tree:   {source.resolve()}/Imagery_Dataset")
+    console.print(f"records:       {source.resolve()}/MiceMediRec Dataset/record.csv")
+    console.print(f"ground truth:  {source.resolve()}/{TRUTH_FILE}")
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+@contextlib.contextmanager
+def _client(cluster: str):
+    if cluster == "none":
+        yield None
+        return
+    from bonemet_dask.cluster import connect
+
+    try:
+        client = connect(cluster)
+    except (ValueError, ImportError) as err:
+        raise typer.BadParameter(str(err), param_hint="--cluster") from None
+    with client:
+        err_console.print(f"Dask dashboard: {client.dashboard_link}")
+        yield client
+
+
+@contextlib.contextmanager
+def _progress(label: str):
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    """Entry point of the console script."""
+    app()
