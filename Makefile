@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(BIN)/bonemet-dask demo --out demo-output
 
 test: $(STAMP)
+	$(BIN)/ruff check bonemet_dask tests benchmarks
+	$(BIN)/ruff format --check bonemet_dask tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

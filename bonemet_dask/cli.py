@@ -37,11 +37,12 @@ err_console = Console(stderr=True)
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
+    handler = RichHandler(console=err_console, show_path=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_logger = logging.getLogger("bonemet_dask")
+    package_logger.handlers[:] = [handler]
+    package_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    package_logger.propagate = False
 
 
 # ---------------------------------------------------------------- selection helpers
@@ -98,7 +99,9 @@ def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the synthetic BoneMet tree into.")],
     mice: Annotated[int, typer.Option(help="Number of animals.")] = 2,
     weeks: Annotated[int, typer.Option(help="Weekly scans per animal (weeks 0..K-1).")] = 3,
-    size: Annotated[str, typer.Option(help="tiny (1/64), small (1/16), medium (1/4), full.")] = "tiny",
+    size: Annotated[
+        str, typer.Option(help="tiny (1/64), small (1/16), medium (1/4), full.")
+    ] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed: the same seed writes byte-identical trees.")] = 0,
     variants: Annotated[bool, typer.Option(help="Use published naming variants.")] = False,
     components: ComponentsOpt = None,
@@ -180,14 +183,16 @@ def _problem_dict(problem) -> dict[str, str]:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Where the demo writes its data.")] = Path("demo-output"),
+    out: Annotated[Path, typer.Option(help="Where the demo writes its data.")] = Path(
+        "demo-output"
+    ),
     size: Annotated[str, typer.Option(help="Synthetic size preset.")] = "small",
     mice: Annotated[int, typer.Option(help="Animals.")] = 2,
     weeks: Annotated[int, typer.Option(help="Weeks.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="LocalCluster workers.")] = None,
 ) -> None:
-    """Run the pipeline as it stands on an embedded LocalCluster: synth -> catalog (-> later stages)."""
+    """Run the pipeline as it stands on an embedded LocalCluster: synth, then catalog."""
     from bonemet_dask.cluster import connect
     from bonemet_dask.io.catalog import scan_source
     from bonemet_dask.io.catalog_report import catalog_tables
@@ -204,7 +209,9 @@ def demo(
         console.print(f"  wrote {source} in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
         catalog = scan_source(str(source))
-        console.print(f"  catalogued {len(catalog)} stacks in {time.perf_counter() - started:.2f} s")
+        console.print(
+            f"  catalogued {len(catalog)} stacks in {time.perf_counter() - started:.2f} s"
+        )
         for table in catalog_tables(catalog):
             console.print(table)
     console.rule("results")

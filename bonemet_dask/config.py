@@ -17,7 +17,7 @@ dask.config.update_defaults(_DEFAULTS)
 
 
 def get(key: str, default: Any = None) -> Any:
-    """A ``bonemet.`` config value, e.g. ``get("memory-budget")`` or ``get("cluster.n-workers")``."""
+    """A ``bonemet.`` config value: ``get("memory-budget")``, ``get("cluster.n-workers")``."""
     return dask.config.get(f"bonemet.{key}", default=default)
 
 

@@ -89,10 +89,12 @@ class ConeGeometry:
     def fan_half_angle_deg(self) -> float:
         """Half of the horizontal fan angle covered by the detector, degrees."""
         half_width = max(self.centre_col, self.n_cols - 1 - self.centre_col) + 0.5
-        return float(np.degrees(np.arctan(half_width * self.detector_pixel / self.source_to_detector)))
+        return float(
+            np.degrees(np.arctan(half_width * self.detector_pixel / self.source_to_detector))
+        )
 
     def view_frame(self, angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Source position, centre of pixel (0, 0), column step and row step of one view (world mm)."""
+        """Source, centre of pixel (0, 0), column step and row step of one view (world mm)."""
         theta = np.deg2rad(angle_deg)
         c, s = np.cos(theta), np.sin(theta)
         rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])

@@ -2,8 +2,9 @@
 
 The published tree (DESIGN.md section 1) spells the same thing several ways:
 ``1. Rotation-X-ray`` / ``Rotation-X-Ray``, ``5. ROI-CT`` / ``RoI-CT``, ``851 left tibia`` /
-``851 Left Tibia`` / ``851L proximal tibia``, ``week 0`` / ``Week 0``.  Everything that reads or writes
-names goes through this module, so the synthetic generator and the source catalog cannot drift apart.
+``851 Left Tibia`` / ``851L proximal tibia``, ``week 0`` / ``Week 0``.  Everything that reads or
+writes names goes through this module, so the synthetic generator and the source catalog cannot
+drift apart.
 
 Canonical keys used everywhere else in the package:
 
@@ -79,7 +80,7 @@ def parse_component(folder_name: str) -> str | None:
 
 
 def parse_week(folder_name: str) -> int | None:
-    """Return the week number of a week folder name (``"week 0"``, ``"Week 11"``, ``"week_3"``), or None."""
+    """Return the week of a folder name (``"week 0"``, ``"Week 11"``, ``"week_3"``), or None."""
     match = _WEEK_RE.match(folder_name)
     return int(match.group("week")) if match else None
 
@@ -91,7 +92,7 @@ class ScanName:
     Attributes
     ----------
     mouse : str
-        The animal id as written (leading integer, e.g. ``"851"``); kept as text so leading zeros survive.
+        The animal id as written (leading integer, e.g. ``"851"``); text, so leading zeros survive.
     side : str
         ``"left"``, ``"right"``, or ``"both"`` when the name carries no side (whole-hindlimb scans).
     original : str
@@ -104,7 +105,7 @@ class ScanName:
 
 
 def parse_scan_folder(folder_name: str) -> ScanName | None:
-    """Parse a scan folder name: ``"851"``, ``"851 left tibia"``, ``"851 Left Tibia"``, ``"851L proximal tibia"``.
+    """Parse a scan folder name: ``"851"``, ``"851 left tibia"``, ``"851L proximal tibia"``...
 
     The side comes from an ``L``/``R`` suffix glued to the id or from the words ``left``/``right``
     anywhere after it (any case).  A name with both must agree with itself.
@@ -199,9 +200,11 @@ def scan_folder_name(component: str, mouse: str, side: str, *, variant: int = 0)
     letter = "L" if side == "left" else "R"
     if component == "roi_ct":
         return (f"{mouse}{letter} proximal tibia", f"{mouse} {side} proximal tibia")[variant % 2]
-    return (f"{mouse} {side} tibia", f"{mouse} {side.capitalize()} Tibia", f"{mouse}{letter} tibia")[
-        variant % 3
-    ]
+    return (
+        f"{mouse} {side} tibia",
+        f"{mouse} {side.capitalize()} Tibia",
+        f"{mouse}{letter} tibia",
+    )[variant % 3]
 
 
 def week_folder_name(week: int, *, variant: int = 0) -> str:

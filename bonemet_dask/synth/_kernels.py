@@ -28,7 +28,7 @@ def _slab(q0z: float, qdz: float) -> tuple[float, float]:
 
 
 @nb.njit(cache=True)
-def _interval(kind, tau, q0x, q0y, q0z, qdx, qdy, qdz) -> tuple[float, float]:  # noqa: PLR0911
+def _interval(kind, tau, q0x, q0y, q0z, qdx, qdy, qdz) -> tuple[float, float]:
     """Parameter interval of the line ``q0 + t qd`` inside a unit solid (empty: lo >= hi)."""
     if kind == 0:  # unit ball
         a = qdx * qdx + qdy * qdy + qdz * qdz
@@ -127,15 +127,81 @@ def _misses(cx, cy, cz, radius, sx, sy, sz, dx, dy, dz, inv_dd) -> bool:
     return ex * ex + ey * ey + ez * ez > radius * radius
 
 
+@nb.njit(cache=True)
+def _ray_integral(
+    sx, sy, sz, dx, dy, dz, q0, shapes, density, includes, excludes, spheres, group_ranges,
+    group_spheres, lo_cache, hi_cache, stamp, ray, ex_lo, ex_hi,
+):  # fmt: skip
+    """Line integral of the phantom along the segment from ``s`` to ``s + d``.
+
+    ``lo_cache``/``hi_cache``/``stamp`` memoise each shape's interval for ray number ``ray``, since
+    one shape is often shared by several terms (an outer cortex excluded by its neighbours).
+    """
+    dd = dx * dx + dy * dy + dz * dz
+    inv_dd = 1.0 / dd
+    n_inc = includes.shape[1]
+    acc = 0.0
+    for g in range(group_ranges.shape[0]):
+        gs = group_spheres[g]
+        if _misses(gs[0], gs[1], gs[2], gs[3], sx, sy, sz, dx, dy, dz, inv_dd):
+            continue
+        for t in range(group_ranges[g, 0], group_ranges[g, 1]):
+            sp = spheres[t]
+            if _misses(sp[0], sp[1], sp[2], sp[3], sx, sy, sz, dx, dy, dz, inv_dd):
+                continue
+            lo, hi = -_BIG, _BIG
+            nex = 0
+            for k in range(n_inc + excludes.shape[1]):
+                sid = includes[t, k] if k < n_inc else excludes[t, k - n_inc]
+                if sid < 0:
+                    continue
+                if stamp[sid] != ray:
+                    sh = shapes[sid]
+                    qdx = sh[4] * dx + sh[5] * dy + sh[6] * dz
+                    qdy = sh[7] * dx + sh[8] * dy + sh[9] * dz
+                    qdz = sh[10] * dx + sh[11] * dy + sh[12] * dz
+                    a, b = _interval(
+                        sh[0], sh[13], q0[sid, 0], q0[sid, 1], q0[sid, 2], qdx, qdy, qdz
+                    )
+                    lo_cache[sid] = a
+                    hi_cache[sid] = b
+                    stamp[sid] = ray
+                if k < n_inc:
+                    lo = max(lo, lo_cache[sid])
+                    hi = min(hi, hi_cache[sid])
+                    if hi <= lo:
+                        break
+                else:
+                    ex_lo[nex] = lo_cache[sid]
+                    ex_hi[nex] = hi_cache[sid]
+                    nex += 1
+            if hi <= lo:
+                continue
+            length = hi - lo
+            for mask in range(1, 1 << nex):  # inclusion-exclusion over the excluded shapes
+                a, b, bits = lo, hi, 0
+                for k in range(nex):
+                    if mask & (1 << k):
+                        a = max(a, ex_lo[k])
+                        b = min(b, ex_hi[k])
+                        bits += 1
+                if b > a:
+                    length += (b - a) if bits % 2 == 0 else -(b - a)
+            acc += density[t] * length
+    return acc * np.sqrt(dd)
+
+
 @nb.njit(parallel=True, cache=True)
 def project_view(
     source, origin, col_step, row_step, out, shapes, density, includes, excludes, spheres,
-    group_ranges, group_spheres,
+    group_ranges, group_spheres, subpixels,
 ):  # fmt: skip
-    """Line integrals (mm x 1/mm) from ``source`` to every detector pixel centre of one view.
+    """Line integrals (mm x 1/mm) from ``source`` to every detector pixel of one view.
 
-    Pixel ``(row, col)`` sits at ``origin + col * col_step + row * row_step`` (world mm); ``out`` is
-    (rows, cols) and is overwritten.
+    Pixel ``(row, col)`` is centred at ``origin + col * col_step + row * row_step`` (world mm);
+    ``out`` is (rows, cols) and is overwritten.  With ``subpixels = n > 1`` each pixel integrates
+    ``n x n`` rays the way a detector does, averaging transmitted intensity:
+    ``-log(mean(exp(-p)))``.
     """
     nrows, ncols = out.shape
     nshapes = shapes.shape[0]
@@ -147,6 +213,7 @@ def project_view(
         q0[s, 0] = shapes[s, 4] * dx + shapes[s, 5] * dy + shapes[s, 6] * dz
         q0[s, 1] = shapes[s, 7] * dx + shapes[s, 8] * dy + shapes[s, 9] * dz
         q0[s, 2] = shapes[s, 10] * dx + shapes[s, 11] * dy + shapes[s, 12] * dz
+    n_sub = subpixels * subpixels
     for row in nb.prange(nrows):
         lo_cache = np.empty(nshapes)
         hi_cache = np.empty(nshapes)
@@ -154,62 +221,21 @@ def project_view(
         ex_lo = np.empty(excludes.shape[1])
         ex_hi = np.empty(excludes.shape[1])
         for col in range(ncols):
-            px = origin[0] + col * col_step[0] + row * row_step[0]
-            py = origin[1] + col * col_step[1] + row * row_step[1]
-            pz = origin[2] + col * col_step[2] + row * row_step[2]
-            dx, dy, dz = px - sx, py - sy, pz - sz
-            dd = dx * dx + dy * dy + dz * dz
-            inv_dd = 1.0 / dd
-            acc = 0.0
-            for g in range(group_ranges.shape[0]):
-                gs = group_spheres[g]
-                if _misses(gs[0], gs[1], gs[2], gs[3], sx, sy, sz, dx, dy, dz, inv_dd):
-                    continue
-                for t in range(group_ranges[g, 0], group_ranges[g, 1]):
-                    sp = spheres[t]
-                    if _misses(sp[0], sp[1], sp[2], sp[3], sx, sy, sz, dx, dy, dz, inv_dd):
-                        continue
-                    lo, hi = -_BIG, _BIG
-                    nex = 0
-                    for k in range(includes.shape[1] + excludes.shape[1]):
-                        is_include = k < includes.shape[1]
-                        sid = includes[t, k] if is_include else excludes[t, k - includes.shape[1]]
-                        if sid < 0:
-                            continue
-                        if stamp[sid] != col:
-                            sh = shapes[sid]
-                            qdx = sh[4] * dx + sh[5] * dy + sh[6] * dz
-                            qdy = sh[7] * dx + sh[8] * dy + sh[9] * dz
-                            qdz = sh[10] * dx + sh[11] * dy + sh[12] * dz
-                            a, b = _interval(
-                                sh[0], sh[13], q0[sid, 0], q0[sid, 1], q0[sid, 2], qdx, qdy, qdz
-                            )
-                            lo_cache[sid] = a
-                            hi_cache[sid] = b
-                            stamp[sid] = col
-                        if is_include:
-                            lo = max(lo, lo_cache[sid])
-                            hi = min(hi, hi_cache[sid])
-                            if hi <= lo:
-                                break
-                        else:
-                            ex_lo[nex] = lo_cache[sid]
-                            ex_hi[nex] = hi_cache[sid]
-                            nex += 1
-                    if hi <= lo:
-                        continue
-                    length = hi - lo
-                    for mask in range(1, 1 << nex):
-                        a, b, bits = lo, hi, 0
-                        for k in range(nex):
-                            if mask & (1 << k):
-                                a = max(a, ex_lo[k])
-                                b = min(b, ex_hi[k])
-                                bits += 1
-                        if b > a:
-                            length += (b - a) if bits % 2 == 0 else -(b - a)
-                    acc += density[t] * length
-            out[row, col] = acc * np.sqrt(dd)
+            transmitted = 0.0
+            integral = 0.0
+            for sub in range(n_sub):
+                fr = row + ((sub // subpixels) + 0.5) / subpixels - 0.5
+                fc = col + ((sub % subpixels) + 0.5) / subpixels - 0.5
+                dx = origin[0] + fc * col_step[0] + fr * row_step[0] - sx
+                dy = origin[1] + fc * col_step[1] + fr * row_step[1] - sy
+                dz = origin[2] + fc * col_step[2] + fr * row_step[2] - sz
+                integral = _ray_integral(
+                    sx, sy, sz, dx, dy, dz, q0, shapes, density, includes, excludes, spheres,
+                    group_ranges, group_spheres, lo_cache, hi_cache, stamp, col * n_sub + sub,
+                    ex_lo, ex_hi,
+                )  # fmt: skip
+                transmitted += np.exp(-integral)
+            out[row, col] = integral if n_sub == 1 else -np.log(transmitted / n_sub)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -250,9 +276,24 @@ def voxelize_into(out, origin, steps, supersample, shapes, density, includes, ex
                             fi = i + (b + 0.5) / ss - 0.5
                             for c in range(ss):
                                 fj = j + (c + 0.5) / ss - 0.5
-                                px = origin[0] + fk * steps[0, 0] + fi * steps[1, 0] + fj * steps[2, 0]
-                                py = origin[1] + fk * steps[0, 1] + fi * steps[1, 1] + fj * steps[2, 1]
-                                pz = origin[2] + fk * steps[0, 2] + fi * steps[1, 2] + fj * steps[2, 2]
+                                px = (
+                                    origin[0]
+                                    + fk * steps[0, 0]
+                                    + fi * steps[1, 0]
+                                    + fj * steps[2, 0]
+                                )
+                                py = (
+                                    origin[1]
+                                    + fk * steps[0, 1]
+                                    + fi * steps[1, 1]
+                                    + fj * steps[2, 1]
+                                )
+                                pz = (
+                                    origin[2]
+                                    + fk * steps[0, 2]
+                                    + fi * steps[1, 2]
+                                    + fj * steps[2, 2]
+                                )
                                 hit = True
                                 for m in range(includes.shape[1]):
                                     sid = includes[t, m]

@@ -112,7 +112,7 @@ class LegAnatomy:
         return float(min(0.3 + self.lesion_growth * (week - 1), 0.95))
 
     def woven_scale(self, week: int) -> float:
-        """Size factor of periosteal woven bone at a week (appears from week 2 in injected tibiae)."""
+        """Size factor of periosteal woven bone (from week 2 on, in injected tibiae only)."""
         if not self.injected or week < 2:
             return 0.0
         return float(min(0.5 + 0.25 * (week - 2), 1.0))
@@ -172,7 +172,10 @@ def leg_phantom(leg: LegAnatomy, week: int, *, frame: str = "side") -> Phantom:
         return 1 + (flare - 1) * (z + 4.0) / 4.0
 
     prox_inner = frustum(
-        s * z_lo, s * z_hi, p(0.65, 0.55) * kappa * prox_radius(z_lo), prox_radius(z_hi) / prox_radius(z_lo)
+        s * z_lo,
+        s * z_hi,
+        p(0.65, 0.55) * kappa * prox_radius(z_lo),
+        prox_radius(z_hi) / prox_radius(z_lo),
     )
     shaft_outer = frustum(s * -13.9, s * -4.0, p(0.5, 0.42), 1.3)
     kappa_shaft = 0.68 - 0.012 * max(week, 0)  # endosteal apposition: the cavity narrows weekly
@@ -212,7 +215,9 @@ def leg_phantom(leg: LegAnatomy, week: int, *, frame: str = "side") -> Phantom:
         )
         half = rng.uniform(0.25, 0.45)
         thickness = rng.uniform(0.045, 0.06)
-        strut = rod(s * (centre - half * direction), s * (centre + half * direction), (s * thickness,) * 2)
+        strut = rod(
+            s * (centre - half * direction), s * (centre + half * direction), (s * thickness,) * 2
+        )
         add(MU_TRABECULAR, [strut, prox_inner], lesion, part="trabecular")
 
     w = leg.woven_scale(week)
@@ -263,7 +268,7 @@ def leg_placement(leg: LegAnatomy) -> tuple[np.ndarray, np.ndarray]:
 
 
 def random_pose(rng: np.random.Generator) -> dict[str, list[float]]:
-    """A random rigid pose of the specimen for one scan: angles (deg, about z, y, x) and shift (mm)."""
+    """A random rigid pose of one scan's specimen: angles (deg, about z, y, x), shift (mm)."""
     return {
         "angles_deg": [
             float(rng.uniform(-25.0, 25.0)),

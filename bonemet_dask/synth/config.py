@@ -135,6 +135,14 @@ class SynthConfig:
         return VolumeGrid(shape, h, (lateral, 0.0, REGIST_TOP_Z_MM - (shape[0] - 1) / 2 * h))
 
     @property
+    def detector_subpixels(self) -> int:
+        """Rays per detector pixel edge: 2 on downscaled detectors, 1 at half size and above.
+
+        Downscaled detector pixels are coarse enough for edge aliasing to show.
+        """
+        return 2 if self.linear_scale < 0.5 else 1
+
+    @property
     def roi_slices(self) -> int:
         """Slices in a RoI-CT stack."""
         return max(2, round(PUBLISHED_ROI_SLICES * self.linear_scale))

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 TRUTH_FILE = "synthetic_truth.json"
 """Name of the ground-truth sidecar at the root of a generated tree."""
 THRESHOLD = 75
-"""Grey level separating bone from soft tissue in the 8-bit products (BoneMet's global threshold)."""
+"""Grey level separating bone from soft tissue in 8-bit products (BoneMet's global threshold)."""
 SLAB_BYTES = 64 * 2**20
 """Budget of one float32 working slab when voxelising, bytes."""
 
@@ -66,7 +66,9 @@ def plan_mice(config: SynthConfig) -> list[MousePlan]:
     """Draw every animal's anatomy; deterministic for ``config.seed``."""
     root = np.random.SeedSequence(config.seed)
     plans = []
-    for number, (mouse, child) in enumerate(zip(config.mouse_ids, root.spawn(config.mice), strict=True)):
+    for number, (mouse, child) in enumerate(
+        zip(config.mouse_ids, root.spawn(config.mice), strict=True)
+    ):
         rng = np.random.default_rng(child)
         tumour = bool(number % 2 == 0) if config.mice > 1 else True
         injected = str(rng.choice(["left", "right"])) if tumour else None
@@ -120,7 +122,9 @@ def _variant(config: SynthConfig, *key: str) -> int:
     """Deterministic naming variant of a folder (0 = canonical) when ``config.variants``."""
     if not config.variants:
         return 0
-    digest = np.random.SeedSequence([config.seed, *(int.from_bytes(k.encode(), "little") for k in key)])
+    digest = np.random.SeedSequence(
+        [config.seed, *(int.from_bytes(k.encode(), "little") for k in key)]
+    )
     return int(digest.generate_state(1)[0] % 7)
 
 
@@ -144,7 +148,6 @@ def generate_scan(root: str, config: SynthConfig, plan: MousePlan, week: int) ->
         JSON-ready ground truth: pose, Seg-CT boxes, lesion sizes, RoI change volumes.
     """
     writer = _TreeWriter(root, config)
-    mouse = plan.mouse
     pose = random_pose(_rng(config, plan.number, week, 1))
     world = hindlimb_phantom(plan.legs, week, pose_matrix(pose))
     truth: dict[str, Any] = {"pose": pose, "lesion": {}, "seg_box": {}, "roi": {}}
@@ -172,11 +175,13 @@ def _write_projections(writer, config, plan, week, world) -> None:
     folder = writer.folder("rotation_xray", plan.mouse, "both", week)
     packed = world.pack()
     for view, angle in enumerate(geo.angles_deg):
-        integral = line_integrals(packed, geo, float(angle))
+        integral = line_integrals(packed, geo, float(angle), subpixels=config.detector_subpixels)
         counts = _rng(config, plan.number, week, 2, view).poisson(AIR_COUNTS * np.exp(-integral))
         image = np.clip(counts, 0, 65535).astype(np.uint16)
         writer.png(folder, naming.slice_file_name("rotation_xray", plan.mouse, "both", view), image)
-    writer.put(folder, f"{plan.mouse}.log", records.acquisition_log(config, plan.mouse, week, plan.number))
+    writer.put(
+        folder, f"{plan.mouse}.log", records.acquisition_log(config, plan.mouse, week, plan.number)
+    )
 
 
 def seg_boxes(config: SynthConfig, world) -> dict[str, tuple[list[int], list[int]]]:
@@ -188,9 +193,17 @@ def seg_boxes(config: SynthConfig, world) -> dict[str, tuple[list[int], list[int
     grid = config.recon_grid()
     out = {}
     for number, side in enumerate(("left", "right")):
-        leg_groups = range(8 * number, 8 * number + 8)
-        lo_w, hi_w = world.bounds(lambda label, group: label in _BONE and group in leg_groups)
-        corners = np.array([[x, y, z] for x in (lo_w[0], hi_w[0]) for y in (lo_w[1], hi_w[1]) for z in (lo_w[2], hi_w[2])])
+        lo_w, hi_w = world.bounds(
+            lambda label, group, n=number: label in _BONE and 8 * n <= group < 8 * n + 8
+        )
+        corners = np.array(
+            [
+                [x, y, z]
+                for x in (lo_w[0], hi_w[0])
+                for y in (lo_w[1], hi_w[1])
+                for z in (lo_w[2], hi_w[2])
+            ]
+        )
         index = grid.world_to_index(corners)
         margin = SEG_MARGIN_MM / grid.voxel_size
         lo = np.floor(index.min(0) - margin).astype(int)
@@ -223,13 +236,19 @@ def _write_recon_and_seg(writer, config, plan, week, world) -> dict[str, Any]:
             for side, (lo, hi) in boxes.items():
                 if lo[0] <= k < hi[0]:
                     name = naming.slice_file_name("seg_ct", plan.mouse, side, k - lo[0])
-                    writer.png(seg_folders[side], name, np.ascontiguousarray(grey[lo[1] : hi[1], lo[2] : hi[2]]))
+                    writer.png(
+                        seg_folders[side],
+                        name,
+                        np.ascontiguousarray(grey[lo[1] : hi[1], lo[2] : hi[2]]),
+                    )
     if "recon_ct" in config.components:
         log = records.reconstruction_log(config, plan.mouse, week, first_index, grid.shape[0])
         writer.put(recon_folder, f"{plan.mouse}_rec.log", log)
     if "seg_ct" in config.components:
         for side, (lo, hi) in boxes.items():
-            note = f"crop z {lo[0]}:{hi[0]} y {lo[1]}:{hi[1]} x {lo[2]}:{hi[2]} of the reconstruction"
+            note = (
+                f"crop z {lo[0]}:{hi[0]} y {lo[1]}:{hi[1]} x {lo[2]}:{hi[2]} of the reconstruction"
+            )
             log = records.derived_log(config, f"{plan.mouse} week {week}", hi[0] - lo[0], note)
             writer.put(seg_folders[side], f"{plan.mouse}.log", log)
     return {
@@ -251,10 +270,16 @@ def _write_regist(writer, config, plan, week, side, leg) -> None:
             grey = _to_grey(mu[k - start], _rng(config, plan.number, week, salt, k))
             writer.png(folder, naming.slice_file_name("regist_ct", plan.mouse, side, k), grey)
     note = "rigidly registered to the vertical reference (week 0) or to the animal's week 0"
-    writer.put(folder, f"{plan.mouse}.log", records.derived_log(config, f"{plan.mouse} {side} tibia", grid.shape[0], note))
+    writer.put(
+        folder,
+        f"{plan.mouse}.log",
+        records.derived_log(config, f"{plan.mouse} {side} tibia", grid.shape[0], note),
+    )
 
 
-def tibia_bone_mask(config: SynthConfig, leg: LegAnatomy, week: int, grid: VolumeGrid) -> np.ndarray:
+def tibia_bone_mask(
+    config: SynthConfig, leg: LegAnatomy, week: int, grid: VolumeGrid
+) -> np.ndarray:
     """Noise-free bone mask (grey >= THRESHOLD) of the tibia alone, fibula removed, on ``grid``."""
     tibia = leg_phantom(leg, week).select(lambda label: label in ("tibia", "trabecular"))
     mu = voxelize(tibia, grid) + np.float32(MU_SOFT)
@@ -262,8 +287,10 @@ def tibia_bone_mask(config: SynthConfig, leg: LegAnatomy, week: int, grid: Volum
 
 
 def roi_grid(config: SynthConfig, side: str, first_slice: int) -> tuple[int, VolumeGrid]:
-    """The RoI-CT sub-grid of a side's Regist-CT grid from ``first_slice`` (shifted up if it would
-    run off the grid): ``(start slice, grid)``."""
+    """The RoI-CT sub-grid of a side's Regist-CT grid from ``first_slice``: ``(start, grid)``.
+
+    The RoI is shifted up when it would run off the bottom of the grid.
+    """
     grid = config.regist_grid(side)
     stop = min(grid.shape[0], max(first_slice, 0) + config.roi_slices)
     start = max(0, stop - config.roi_slices)
@@ -285,7 +312,11 @@ def _write_roi(writer, config, plan, week, side, leg) -> dict[str, Any]:
     for k in range(composite.shape[0]):
         writer.png(folder, naming.slice_file_name("roi_ct", plan.mouse, side, k), composite[k])
     note = "composite of registered week 0 and this week: 180 kept, 240 formed, 60 resorbed, 0 none"
-    writer.put(folder, f"{plan.mouse}.log", records.derived_log(config, f"{plan.mouse} {side} tibia", composite.shape[0], note))
+    writer.put(
+        folder,
+        f"{plan.mouse}.log",
+        records.derived_log(config, f"{plan.mouse} {side} tibia", composite.shape[0], note),
+    )
     voxel_mm3 = grid.voxel_size**3
     return {
         "junction_z_mm": junction_z,
@@ -358,7 +389,11 @@ def generate(
     truth = _assemble_truth(config, plans, results)
     writer = _TreeWriter(out, config)
     writer.put(writer.root, TRUTH_FILE, json.dumps(truth, indent=1, sort_keys=True).encode())
-    writer.put(f"{writer.root}/MiceMediRec Dataset", "record.csv", records.records_csv(_record_rows(config, plans, results)))
+    writer.put(
+        f"{writer.root}/MiceMediRec Dataset",
+        "record.csv",
+        records.records_csv(_record_rows(config, plans, results)),
+    )
     return truth
 
 
@@ -383,12 +418,17 @@ def _assemble_truth(config, plans, results) -> dict[str, Any]:
     for plan in plans:
         mice[plan.mouse] = {
             "injected_side": plan.injected_side,
-            "legs": {side: leg.__dict__ | {"lesion_centre": list(leg.lesion_centre)} for side, leg in plan.legs.items()},
+            "legs": {
+                side: leg.__dict__ | {"lesion_centre": list(leg.lesion_centre)}
+                for side, leg in plan.legs.items()
+            },
             "weeks": {str(w): results[(plan.mouse, w)] for w in range(config.weeks)},
         }
     return {
         "generator": {"package": "bonemet-dask", "config": config.describe()},
-        "conventions": "see bonemet_dask.geometry; left leg at world -x; slices run proximal to distal",
+        "conventions": (
+            "see bonemet_dask.geometry; left leg at world -x; slices run proximal to distal"
+        ),
         "geometry": {
             "source_to_object_mm": geo.source_to_object,
             "source_to_detector_mm": geo.source_to_detector,
@@ -409,7 +449,11 @@ def _assemble_truth(config, plans, results) -> dict[str, Any]:
 
 
 def _grid_dict(grid: VolumeGrid) -> dict[str, Any]:
-    return {"shape": list(grid.shape), "voxel_size_mm": grid.voxel_size, "centre_mm": list(grid.centre)}
+    return {
+        "shape": list(grid.shape),
+        "voxel_size_mm": grid.voxel_size,
+        "centre_mm": list(grid.centre),
+    }
 
 
 def _record_rows(config, plans, results) -> list[dict[str, object]]:
@@ -417,6 +461,9 @@ def _record_rows(config, plans, results) -> list[dict[str, object]]:
     for plan in plans:
         rng = _rng(config, plan.number, 99)
         weight = rng.uniform(19.0, 24.0)
+        weight_trend = (
+            -0.5 if plan.injected_side else 0.3
+        )  # g/week: tumour-bearing mice lose weight
         for week in range(config.weeks):
             truth = results[(plan.mouse, week)]
             side = plan.injected_side or "left"
@@ -431,14 +478,20 @@ def _record_rows(config, plans, results) -> list[dict[str, object]]:
                     "Age (weeks)": 6 + week,
                     "Sex": "F",
                     "Strain": "BALB/c",
-                    "Inoculation Date": records.scan_date(config, plan.number, 0).date().isoformat() if plan.injected_side else "",
+                    "Inoculation Date": records.scan_date(config, plan.number, 0).date().isoformat()
+                    if plan.injected_side
+                    else "",
                     "Injected Limb": plan.injected_side or "",
-                    "Body Weight (g)": f"{weight + 0.3 * week - (0.8 * week if plan.injected_side else 0):.1f}",
+                    "Body Weight (g)": f"{weight + weight_trend * week:.1f}",
                     "Treatment": "none",
                     "Diagnosis": "bone lesion" if plan.injected_side and week > 0 else "no lesion",
-                    "Metastatic Sites": f"{plan.injected_side} tibia" if plan.injected_side and week > 0 else "",
+                    "Metastatic Sites": f"{plan.injected_side} tibia"
+                    if plan.injected_side and week > 0
+                    else "",
                     "Average Radiant Efficiency ([p/s]/[uW/cm2])": f"{1e6 + 4e8 * lesion:.4g}",
-                    "Bone Volume RoI (mm3)": f"{roi['kept_mm3'] + roi['formed_mm3']:.4f}" if roi else "",
+                    "Bone Volume RoI (mm3)": f"{roi['kept_mm3'] + roi['formed_mm3']:.4f}"
+                    if roi
+                    else "",
                 }
             )
     return rows

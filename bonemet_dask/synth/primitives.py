@@ -5,8 +5,9 @@ three convex shapes, minus up to three other convex shapes::
 
     mu(p) = sum_t density_t * [p in (S_t1 & S_t2 & S_t3) - (E_t1 | E_t2 | E_t3)]
 
-Every shape is the affine image of a unit solid (unit ball, unit cylinder ``x^2 + y^2 < 1, |z| <= 1``,
-or a truncated unit cone whose radius goes linearly from 1 at ``z = -1`` to ``tau`` at ``z = +1``).
+Every shape is the affine image of a unit solid (unit ball, unit cylinder
+``x^2 + y^2 < 1, |z| <= 1``, or a truncated unit cone whose radius goes linearly from 1 at
+``z = -1`` to ``tau`` at ``z = +1``).
 A line meets a convex shape in one interval, so the line integral of a term is exact and closed
 form: the length of the include-intersection minus, by inclusion-exclusion, its overlaps with the
 excluded shapes.  This is how RTK's geometric phantoms work, extended with clipping so that a
@@ -25,13 +26,13 @@ import numpy as np
 ELLIPSOID, CYLINDER, CONE = 0, 1, 2
 MAX_INCLUDES, MAX_EXCLUDES = 3, 3
 
-# Packed shape row: kind, centre(3), inverse linear map M (3x3, row-major), tau, sphere centre(3), radius
+# Packed shape row: kind, centre(3), inverse linear map M (3x3 row-major), tau, sphere (3), radius
 SHAPE_ROW = 18
 
 
 @dataclass(frozen=True)
 class Shape:
-    """A convex solid: the affine image ``p = centre + rotation @ diag(semi_axes) @ q`` of a unit solid.
+    """A convex solid: the image ``p = centre + rotation @ diag(semi_axes) @ q`` of a unit solid.
 
     Attributes
     ----------
@@ -79,7 +80,9 @@ class Shape:
         if self.kind == ELLIPSOID:
             polar = np.linspace(0, np.pi, n)
             t, p = np.meshgrid(theta, polar)
-            q = np.stack([np.sin(p) * np.cos(t), np.sin(p) * np.sin(t), np.cos(p)], -1).reshape(-1, 3)
+            q = np.stack([np.sin(p) * np.cos(t), np.sin(p) * np.sin(t), np.cos(p)], -1).reshape(
+                -1, 3
+            )
         else:
             z = np.linspace(-1, 1, n)
             t, zz = np.meshgrid(theta, z)
@@ -97,7 +100,7 @@ class Shape:
 
 
 def _frame(axis: np.ndarray) -> np.ndarray:
-    """A rotation whose third column is the unit vector ``axis`` (the other two completed stably)."""
+    """A rotation whose third column is the unit vector ``axis``."""
     axis = np.asarray(axis, dtype=np.float64)
     axis = axis / np.linalg.norm(axis)
     helper = np.array([1.0, 0.0, 0.0]) if abs(axis[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
@@ -114,7 +117,7 @@ def ellipsoid(centre, semi_axes, rotation=None) -> Shape:
 
 
 def rod(start, end, radii) -> Shape:
-    """An elliptic cylinder from ``start`` to ``end`` (mm) with cross-section semi-axes ``radii``."""
+    """An elliptic cylinder from ``start`` to ``end`` (mm), cross-section semi-axes ``radii``."""
     start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
     axis = end - start
     half = np.linalg.norm(axis) / 2
@@ -124,7 +127,10 @@ def rod(start, end, radii) -> Shape:
 
 
 def frustum(z_bottom: float, z_top: float, bottom_radii, top_scale: float, xy=(0.0, 0.0)) -> Shape:
-    """A vertical truncated elliptic cone: radii ``bottom_radii`` at ``z_bottom``, scaled by ``top_scale`` at ``z_top``."""
+    """A vertical truncated elliptic cone.
+
+    Its radii are ``bottom_radii`` at ``z_bottom`` and ``top_scale`` times those at ``z_top``.
+    """
     if not z_top > z_bottom:
         raise ValueError(f"z_top={z_top} must be above z_bottom={z_bottom}")
     centre = np.array([xy[0], xy[1], (z_bottom + z_top) / 2], np.float64)
@@ -134,7 +140,7 @@ def frustum(z_bottom: float, z_top: float, bottom_radii, top_scale: float, xy=(0
 
 @dataclass
 class Term:
-    """``density`` (1/mm) added on the intersection of ``includes`` minus the union of ``excludes``."""
+    """``density`` (1/mm) on the intersection of ``includes`` minus the union of ``excludes``."""
 
     density: float
     includes: tuple[Shape, ...]
@@ -143,9 +149,13 @@ class Term:
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.includes) <= MAX_INCLUDES:
-            raise ValueError(f"a term needs 1 to {MAX_INCLUDES} included shapes, got {len(self.includes)}")
+            raise ValueError(
+                f"a term needs 1 to {MAX_INCLUDES} included shapes, got {len(self.includes)}"
+            )
         if len(self.excludes) > MAX_EXCLUDES:
-            raise ValueError(f"a term takes at most {MAX_EXCLUDES} excluded shapes, got {len(self.excludes)}")
+            raise ValueError(
+                f"a term takes at most {MAX_EXCLUDES} excluded shapes, got {len(self.excludes)}"
+            )
 
     def moved(self, rotation: np.ndarray, translation: np.ndarray) -> Term:
         """The term after a rigid (or mirrored) map of all its shapes."""
@@ -159,7 +169,7 @@ class Term:
 
 @dataclass
 class Phantom:
-    """A list of terms, grouped (e.g. one group per leg) for hierarchical bounding-sphere culling."""
+    """A list of terms, grouped (one group per leg part) for bounding-sphere culling."""
 
     terms: list[Term] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
@@ -261,7 +271,7 @@ class PackedPhantom:
 
 
 def rotation_matrix(angles_deg) -> np.ndarray:
-    """Rotation ``Rz(a) @ Ry(b) @ Rx(c)`` for ``angles_deg = (a, b, c)`` about the world z, y, x axes."""
+    """Rotation ``Rz(a) @ Ry(b) @ Rx(c)`` for ``angles_deg = (a, b, c)`` about world z, y, x."""
     a, b, c = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])

@@ -1,4 +1,4 @@
-"""Side files of the synthetic tree: SkyScan/NRecon ``.log`` contents and MiceMediRec ``record.csv``."""
+"""Side files of the synthetic tree: SkyScan/NRecon ``.log`` files and MiceMediRec records."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def reconstruction_log(
                 "Image Pixel Size (um)": grid.voxel_size * 1000,
                 "First Section": first_index,
                 "Last Section": first_index + n_files - 1,
-                "Number of Files": n_files,
+                "Sections Count": n_files,
                 "Section to Section Step": 1,
                 "Filter type description": "Hamming (Alpha=0.54)",
                 "Filter cutoff relative to Nyquist frequency": 100,
@@ -126,7 +126,7 @@ def derived_log(config: SynthConfig, source: str, n_files: int, note: str) -> by
             "System": {"Program": "bonemet-dask synth"},
             "Reconstruction": {
                 "Image Pixel Size (um)": config.voxel_size * 1000,
-                "Number of Files": n_files,
+                "Sections Count": n_files,
                 "Source Dataset": source,
                 "Processing": note,
                 "Minimum for CS to Image Conversion": 0.0,

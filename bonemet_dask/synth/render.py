@@ -17,7 +17,11 @@ def _packed(phantom: Phantom | PackedPhantom) -> PackedPhantom:
 
 
 def line_integrals(
-    phantom: Phantom | PackedPhantom, geometry: ConeGeometry, angle_deg: float
+    phantom: Phantom | PackedPhantom,
+    geometry: ConeGeometry,
+    angle_deg: float,
+    *,
+    subpixels: int = 1,
 ) -> np.ndarray:
     """Line integrals of attenuation (dimensionless) over every detector pixel of one view.
 
@@ -29,12 +33,18 @@ def line_integrals(
         Scanner geometry (conventions in :mod:`bonemet_dask.geometry`).
     angle_deg : float
         Gantry angle of the view.
+    subpixels : int, optional
+        Rays per pixel edge.  1 samples pixel centres (exact line integrals); ``n > 1`` averages
+        the transmitted intensity of ``n x n`` rays as a detector pixel does, returning
+        ``-log(mean(exp(-p)))``.
 
     Returns
     -------
     numpy.ndarray
         float64 ``(n_rows, n_cols)``, row 0 at the top.
     """
+    if subpixels < 1:
+        raise ValueError(f"subpixels={subpixels} must be >= 1")
     packed = _packed(phantom)
     source, origin, col_step, row_step = geometry.view_frame(angle_deg)
     out = np.empty((geometry.n_rows, geometry.n_cols), dtype=np.float64)
@@ -54,6 +64,7 @@ def line_integrals(
         packed.spheres,
         packed.group_ranges,
         packed.group_spheres,
+        int(subpixels),
     )
     return out
 

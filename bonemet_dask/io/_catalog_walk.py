@@ -1,0 +1,342 @@
+"""The listing walk behind :func:`bonemet_dask.io.catalog.scan_source`, and the per-stack checks.
+
+Private: the data model and the public entry point live in :mod:`bonemet_dask.io.catalog`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import posixpath
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, Final
+
+from bonemet_dask.io.catalog import (
+    LAYOUT_HINT,
+    ImageFile,
+    Problem,
+    Stack,
+    expected_file_count,
+    stack_sort_key,
+)
+from bonemet_dask.io.png_header import PngHeader, PngHeaderError, read_png_headers
+from bonemet_dask.io.skyscan_log import SkyScanLog, parse_skyscan_log
+from bonemet_dask.naming import (
+    PER_TIBIA_COMPONENTS,
+    parse_component,
+    parse_index,
+    parse_scan_folder,
+    parse_week,
+)
+
+logger = logging.getLogger(__name__)
+
+_MAX_LOG_BYTES: Final = 1 << 20
+"""A ``.log`` larger than this is not read (real ones are a few KiB)."""
+
+# (folder, component, scan folder name, week folder name): a stack found, not yet checked
+_Pending = tuple[str, str, str, str]
+
+
+class Walk:
+    """Classifies the folders of one listing and assembles the stacks."""
+
+    def __init__(self, fs: Any, root_path: str, listing: Mapping[str, Mapping[str, Any]]) -> None:
+        self.fs, self.root_path = fs, root_path
+        self.problems: list[Problem] = []
+        self.files: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        dirs, records = {root_path}, []
+        for name, info in listing.items():
+            path = str(info.get("name", name)).rstrip("/")
+            if not self._inside(path):
+                continue
+            if info.get("type") == "directory":
+                dirs.add(path)
+                continue
+            parent = posixpath.dirname(path)
+            self.files[parent].append((path, int(info.get("size") or 0)))
+            folder_name = "".join(posixpath.basename(parent).lower().split())
+            if posixpath.basename(path).lower() == "record.csv" and "medirec" in folder_name:
+                records.append(path)
+            while self._inside(parent) and parent not in dirs:
+                dirs.add(parent)
+                parent = posixpath.dirname(parent)
+        self.dirs = sorted(dirs)
+        if len(records) > 1:
+            logger.warning("several record.csv found, using %s: %s", min(records), records)
+        self.records_path = min(records) if records else None
+
+    def _inside(self, path: str) -> bool:
+        return path != self.root_path and (
+            self.root_path == "/" or path.startswith(self.root_path + "/")
+        )
+
+    def stacks(self, *, read_headers: bool, max_pixels: int) -> tuple[Stack, ...]:
+        pending: list[_Pending] = []
+        broken: dict[str, int] = {}  # topmost folder that breaks the layout -> files skipped
+        found_component = False
+        for folder in self.dirs:
+            rel = folder[len(self.root_path) :].strip("/") if folder != self.root_path else ""
+            segments = [posixpath.basename(self.root_path), *(rel.split("/") if rel else [])]
+            hits = [(i, c) for i, seg in enumerate(segments) if (c := parse_component(seg))]
+            if not hits:
+                continue
+            found_component = True
+            position, component = hits[-1]
+            after = segments[position + 1 :]
+            level = _broken_level(after)
+            files = self.files.get(folder, [])
+            if level is not None:
+                top = folder
+                for _ in range(len(after) - level):
+                    top = posixpath.dirname(top)
+                broken[top] = broken.get(top, 0) + len(files)
+            elif len(after) == 2:
+                scan, week = after if parse_week(after[1]) is not None else after[::-1]
+                pending.append((folder, component, scan, week))
+            else:
+                self._loose_files(folder, files)
+        self.problems += [Problem.of("unparseable-path", t, n=n) for t, n in broken.items()]
+        if not found_component:
+            self.problems.append(
+                Problem(
+                    "warning",
+                    "unparseable-path",
+                    self.root_path,
+                    f"no component folder (e.g. '2. Recon-CT', 'Seg-CT') under {self.root_path!r}; "
+                    "pass the folder that holds 'Imagery_Dataset'",
+                )
+            )
+        headers = self._read_headers(pending) if read_headers else {}
+        logs = self._read_logs(pending)
+        built = [
+            _build_stack(p, self.files.get(p[0], []), headers, logs, max_pixels) for p in pending
+        ]
+        return tuple(sorted(_flag_duplicates(built), key=stack_sort_key))
+
+    def _loose_files(self, folder: str, files: list[tuple[str, int]]) -> None:
+        n_png = sum(_is_png(p) for p, _ in files)
+        if n_png:
+            self.problems.append(
+                Problem(
+                    "warning",
+                    "unparseable-path",
+                    folder,
+                    f"folder {folder!r} holds {n_png} PNG file(s) outside a week folder; expected "
+                    f"{LAYOUT_HINT}: move them into one",
+                )
+            )
+        self.problems += [Problem.of("stray-file", p) for p, _ in files if not _is_png(p)]
+
+    def _read_headers(self, pending: list[_Pending]) -> dict[str, PngHeader | PngHeaderError]:
+        found = [
+            (path, size)
+            for p in pending
+            for path, size in self.files.get(p[0], [])
+            if _is_png(path) and parse_index(posixpath.basename(path)) is not None
+        ]
+        paths, sizes = [p for p, _ in found], [s for _, s in found]
+        return dict(zip(paths, read_png_headers(self.fs, paths, sizes=sizes), strict=True))
+
+    def _read_logs(self, pending: list[_Pending]) -> dict[str, bytes | Exception]:
+        sizes = {path: size for p in pending for path, size in self.files.get(p[0], [])}
+        paths = [path for p in pending for path in _logs_in(self.files.get(p[0], []), p[2])[:1]]
+        out: dict[str, bytes | Exception] = {}
+        for path in paths:
+            if sizes[path] > _MAX_LOG_BYTES:
+                out[path] = ValueError(f"is {sizes[path]} bytes, more than {_MAX_LOG_BYTES}")
+        small = [path for path in paths if path not in out]
+        for start in range(0, len(small), 1000):
+            batch = small[start : start + 1000]
+            try:
+                out.update(self.fs.cat(batch, on_error="return"))
+            except Exception as exc:  # a filesystem whose batched cat fails as a whole
+                out.update(dict.fromkeys(batch, exc))
+        return out
+
+
+def _is_png(path: str) -> bool:
+    name = posixpath.basename(path)
+    return name.lower().endswith(".png") and not name.startswith("._")
+
+
+def _logs_in(files: list[tuple[str, int]], scan_name: str) -> list[str]:
+    """Return the ``.log`` files of a folder, preferred first (stem equal to the mouse id)."""
+    parsed = parse_scan_folder(scan_name)
+    mouse = parsed.mouse if parsed else scan_name
+
+    def rank(path: str) -> tuple[int, str]:
+        stem = posixpath.basename(path)[:-4].lower()
+        if stem == mouse or stem.strip("_ ") == mouse:
+            return (0 if stem == mouse else 1, path)
+        return (2 if stem.startswith(mouse) else 3, path)
+
+    return sorted((p for p, _ in files if p.lower().endswith(".log")), key=rank)
+
+
+def _broken_level(after: list[str]) -> int | None:
+    """Return the depth (1-based) below the component where the layout breaks, or None."""
+    if not after:
+        return None
+    first_is_week = parse_week(after[0]) is not None
+    if not first_is_week and parse_scan_folder(after[0]) is None:
+        return 1
+    if len(after) >= 2:
+        fits = parse_scan_folder(after[1]) if first_is_week else parse_week(after[1])
+        if fits is None:
+            return 2
+    return 3 if len(after) >= 3 else None
+
+
+def _build_stack(
+    pending: _Pending,
+    files: list[tuple[str, int]],
+    headers: Mapping[str, PngHeader | PngHeaderError],
+    logs: Mapping[str, bytes | Exception],
+    max_pixels: int,
+) -> Stack:
+    folder, component, scan_name, week_name = pending
+    scan, week = parse_scan_folder(scan_name), parse_week(week_name)
+    assert scan is not None and week is not None  # guaranteed by _broken_level
+    problems: list[Problem] = []
+    images: list[ImageFile] = []
+    n_png = 0
+    for path, size in sorted(files):
+        if not _is_png(path):
+            if not path.lower().endswith(".log"):
+                problems.append(Problem.of("stray-file", path))
+            continue
+        n_png += 1
+        index = parse_index(posixpath.basename(path))
+        if index is None:
+            problems.append(Problem.of("no-index", path))
+            continue
+        found = headers.get(path)
+        header = found if isinstance(found, PngHeader) else None
+        # the IHDR, even of a file that is otherwise broken (truncated after a valid header)
+        claimed = found.header if isinstance(found, PngHeaderError) else header
+        if isinstance(found, PngHeaderError):
+            problems.append(Problem.of("unreadable-header", path, reason=str(found)))
+        if claimed is not None and claimed.n_pixels > max_pixels:
+            w, h, n = claimed.width, claimed.height, claimed.n_pixels
+            problems.append(Problem.of("pixel-limit", path, w=w, h=h, n=n, limit=max_pixels))
+        images.append(ImageFile(path, index, size, header))
+    images.sort(key=lambda f: (f.index, f.path))
+    if n_png == 0:
+        problems.append(Problem.of("empty-stack", folder))
+    problems += _index_problems(folder, images)
+    problems += _header_problems(images, max_pixels)
+    log, log_path, extra = None, None, ()
+    candidates = _logs_in(files, scan_name)
+    if candidates:
+        log_path, extra = candidates[0], tuple(candidates[1:])
+        log, problem = _load_log(log_path, logs.get(log_path))
+        problems += [problem] if problem else []
+        expected = expected_file_count(log) if log else None
+        if expected is not None and expected != n_png:
+            problems.append(
+                Problem.of("count-mismatch", folder, n=n_png, log=log_path, expected=expected)
+            )
+    if component in PER_TIBIA_COMPONENTS and scan.side == "both":
+        problems.append(
+            Problem.of(
+                "missing-side", folder, name=scan_name, component=component, mouse=scan.mouse
+            )
+        )
+    return Stack(
+        component,
+        scan.mouse,
+        scan.side,
+        week,
+        folder,
+        scan_name,
+        tuple(images),
+        log,
+        log_path,
+        tuple(problems),
+        extra,
+    )
+
+
+def _index_problems(folder: str, images: list[ImageFile]) -> list[Problem]:
+    problems = []
+    by_index: dict[int, list[str]] = defaultdict(list)
+    for image in images:
+        by_index[image.index].append(image.path)
+    for index, paths in by_index.items():
+        if len(paths) > 1:
+            names = ", ".join(repr(posixpath.basename(p)) for p in paths)
+            problems.append(Problem.of("duplicate-index", paths[1], index=index, names=names))
+    present = sorted(by_index)
+    if present and (n := present[-1] - present[0] + 1 - len(present)):
+        problems.append(
+            Problem.of(
+                "missing-index",
+                folder,
+                ranges=compact_gaps(present),
+                n=n,
+                lo=present[0],
+                hi=present[-1],
+            )
+        )
+    return problems
+
+
+def compact_gaps(present: list[int], *, limit: int = 10) -> str:
+    """Return the gaps of sorted unique ``present`` as ``"12-14, 20"`` (first ``limit`` ranges)."""
+    gaps = [(a + 1, b - 1) for a, b in itertools.pairwise(present) if b - a > 1]
+    parts = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in gaps[:limit]]
+    if len(gaps) > limit:
+        parts.append(f"and {len(gaps) - limit} more range(s)")
+    return ", ".join(parts)
+
+
+def _header_problems(images: list[ImageFile], max_pixels: int) -> list[Problem]:
+    usable = [(f.path, f.header) for f in images if f.header and f.header.n_pixels <= max_pixels]
+    problems = []
+    shapes = Counter((h.width, h.height) for _, h in usable)
+    if len(shapes) > 1:
+        (tw, th), _ = shapes.most_common(1)[0]
+        problems += [
+            Problem.of("mixed-shape", path, w=h.width, h=h.height, tw=tw, th=th)
+            for path, h in usable
+            if (h.width, h.height) != (tw, th)
+        ]
+    formats = Counter((h.bit_depth, h.colour_type) for _, h in usable)
+    if len(formats) > 1:
+        (td, tc), _ = formats.most_common(1)[0]
+        problems += [
+            Problem.of("mixed-format", path, d=h.bit_depth, c=h.colour_type, td=td, tc=tc)
+            for path, h in usable
+            if (h.bit_depth, h.colour_type) != (td, tc)
+        ]
+    return problems
+
+
+def _load_log(
+    path: str, blob: bytes | Exception | None
+) -> tuple[SkyScanLog | None, Problem | None]:
+    if not isinstance(blob, bytes | bytearray):
+        reason = f"{type(blob).__name__}: {blob}" if blob is not None else "was not fetched"
+        return None, Problem.of("unreadable-log", path, reason=f"could not be read ({reason})")
+    log = parse_skyscan_log(bytes(blob))
+    if len(log) == 0:
+        return None, Problem.of("unreadable-log", path, reason="holds no 'Key=Value' line")
+    return log, None
+
+
+def _flag_duplicates(stacks: list[Stack]) -> list[Stack]:
+    groups: dict[tuple[str, int, str, int], list[int]] = defaultdict(list)
+    for i, s in enumerate(stacks):
+        groups[(s.component, int(s.mouse), s.side, s.week)].append(i)
+    out = list(stacks)
+    for members in (m for m in groups.values() if len(m) > 1):
+        for i in members:
+            s = stacks[i]
+            others = ", ".join(repr(stacks[j].folder) for j in members if j != i)
+            key = f"({s.component}, mouse {s.mouse}, {s.side}, week {s.week})"
+            problem = Problem.of("duplicate-scan", s.folder, key=key, others=others)
+            out[i] = replace(s, problems=(*s.problems, problem))
+    return out
