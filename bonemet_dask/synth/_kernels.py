@@ -127,74 +127,138 @@ def _misses(cx, cy, cz, radius, sx, sy, sz, dx, dy, dz, inv_dd) -> bool:
     return ex * ex + ey * ey + ez * ez > radius * radius
 
 
+TILE = 16
+"""Edge of the square detector tiles that share one list of candidate terms, pixels."""
+
+
+@nb.njit(cache=True)
+def _tile_lists(source, origin, col_step, row_step, nrows, ncols, spheres):
+    """Per detector tile, the terms whose bounding sphere may project onto it (CSR arrays).
+
+    The projected sphere is bounded by a disc 1.5x the paraxial size plus 2 pixels: conservative
+    for fans well beyond SkyScan's 27 degrees; every ray still tests the sphere itself.
+    """
+    ntr = (nrows + TILE - 1) // TILE
+    ntc = (ncols + TILE - 1) // TILE
+    nx = col_step[1] * row_step[2] - col_step[2] * row_step[1]
+    ny = col_step[2] * row_step[0] - col_step[0] * row_step[2]
+    nz = col_step[0] * row_step[1] - col_step[1] * row_step[0]
+    norm = np.sqrt(nx * nx + ny * ny + nz * nz)
+    nx, ny, nz = nx / norm, ny / norm, nz / norm
+    ox, oy, oz = origin[0] - source[0], origin[1] - source[1], origin[2] - source[2]
+    plane = ox * nx + oy * ny + oz * nz
+    if plane < 0:
+        nx, ny, nz, plane = -nx, -ny, -nz, -plane
+    col2 = col_step[0] ** 2 + col_step[1] ** 2 + col_step[2] ** 2
+    row2 = row_step[0] ** 2 + row_step[1] ** 2 + row_step[2] ** 2
+    pitch = np.sqrt(min(col2, row2))
+    nterms = spheres.shape[0]
+    rects = np.empty((nterms, 4), np.int64)
+    for t in range(nterms):
+        wx = spheres[t, 0] - source[0]
+        wy = spheres[t, 1] - source[1]
+        wz = spheres[t, 2] - source[2]
+        radius = spheres[t, 3]
+        depth = wx * nx + wy * ny + wz * nz
+        if depth - radius <= 1e-6 * plane:  # the sphere reaches the source plane: whole detector
+            rects[t, 0], rects[t, 1], rects[t, 2], rects[t, 3] = 0, ntr - 1, 0, ntc - 1
+            continue
+        scale = plane / depth
+        ox = source[0] + wx * scale - origin[0]
+        oy = source[1] + wy * scale - origin[1]
+        oz = source[2] + wz * scale - origin[2]
+        rc = (ox * row_step[0] + oy * row_step[1] + oz * row_step[2]) / row2
+        cc = (ox * col_step[0] + oy * col_step[1] + oz * col_step[2]) / col2
+        half = 1.5 * radius * plane / (depth - radius) / pitch + 2.0
+        r0 = max(0, int(np.floor(rc - half)))
+        r1 = min(nrows - 1, int(np.ceil(rc + half)))
+        c0 = max(0, int(np.floor(cc - half)))
+        c1 = min(ncols - 1, int(np.ceil(cc + half)))
+        if r0 > r1 or c0 > c1:
+            rects[t, 0], rects[t, 1], rects[t, 2], rects[t, 3] = 1, 0, 1, 0
+        else:
+            rects[t, 0], rects[t, 1] = r0 // TILE, r1 // TILE
+            rects[t, 2], rects[t, 3] = c0 // TILE, c1 // TILE
+    counts = np.zeros(ntr * ntc + 1, np.int64)
+    for t in range(nterms):
+        for tr in range(rects[t, 0], rects[t, 1] + 1):
+            for tc in range(rects[t, 2], rects[t, 3] + 1):
+                counts[tr * ntc + tc + 1] += 1
+    offsets = np.cumsum(counts)
+    fill = offsets[:-1].copy()
+    items = np.empty(offsets[-1], np.int64)
+    for t in range(nterms):  # ascending term order: sums run in a fixed order
+        for tr in range(rects[t, 0], rects[t, 1] + 1):
+            for tc in range(rects[t, 2], rects[t, 3] + 1):
+                tile = tr * ntc + tc
+                items[fill[tile]] = t
+                fill[tile] += 1
+    return offsets, items, ntc
+
+
 @nb.njit(cache=True)
 def _ray_integral(
-    sx, sy, sz, dx, dy, dz, q0, shapes, density, includes, excludes, spheres, group_ranges,
-    group_spheres, lo_cache, hi_cache, stamp, ray, ex_lo, ex_hi,
+    sx, sy, sz, dx, dy, dz, q0, shapes, density, includes, excludes, spheres, candidates,
+    lo_cache, hi_cache, stamp, ray, ex_lo, ex_hi,
 ):  # fmt: skip
     """Line integral of the phantom along the segment from ``s`` to ``s + d``.
 
-    ``lo_cache``/``hi_cache``/``stamp`` memoise each shape's interval for ray number ``ray``, since
-    one shape is often shared by several terms (an outer cortex excluded by its neighbours).
+    Only the terms listed in ``candidates`` are considered.  ``lo_cache``/``hi_cache``/``stamp``
+    memoise each shape's interval for ray number ``ray``, since one shape is often shared by
+    several terms (an outer cortex excluded by its neighbours).
     """
     dd = dx * dx + dy * dy + dz * dz
     inv_dd = 1.0 / dd
     n_inc = includes.shape[1]
     acc = 0.0
-    for g in range(group_ranges.shape[0]):
-        gs = group_spheres[g]
-        if _misses(gs[0], gs[1], gs[2], gs[3], sx, sy, sz, dx, dy, dz, inv_dd):
+    for t in candidates:
+        sp = spheres[t]
+        if _misses(sp[0], sp[1], sp[2], sp[3], sx, sy, sz, dx, dy, dz, inv_dd):
             continue
-        for t in range(group_ranges[g, 0], group_ranges[g, 1]):
-            sp = spheres[t]
-            if _misses(sp[0], sp[1], sp[2], sp[3], sx, sy, sz, dx, dy, dz, inv_dd):
+        lo, hi = -_BIG, _BIG
+        nex = 0
+        for k in range(n_inc + excludes.shape[1]):
+            sid = includes[t, k] if k < n_inc else excludes[t, k - n_inc]
+            if sid < 0:
                 continue
-            lo, hi = -_BIG, _BIG
-            nex = 0
-            for k in range(n_inc + excludes.shape[1]):
-                sid = includes[t, k] if k < n_inc else excludes[t, k - n_inc]
-                if sid < 0:
-                    continue
-                if stamp[sid] != ray:
-                    sh = shapes[sid]
-                    qdx = sh[4] * dx + sh[5] * dy + sh[6] * dz
-                    qdy = sh[7] * dx + sh[8] * dy + sh[9] * dz
-                    qdz = sh[10] * dx + sh[11] * dy + sh[12] * dz
-                    a, b = _interval(
-                        sh[0], sh[13], q0[sid, 0], q0[sid, 1], q0[sid, 2], qdx, qdy, qdz
-                    )
-                    lo_cache[sid] = a
-                    hi_cache[sid] = b
-                    stamp[sid] = ray
-                if k < n_inc:
-                    lo = max(lo, lo_cache[sid])
-                    hi = min(hi, hi_cache[sid])
-                    if hi <= lo:
-                        break
-                else:
-                    ex_lo[nex] = lo_cache[sid]
-                    ex_hi[nex] = hi_cache[sid]
-                    nex += 1
-            if hi <= lo:
-                continue
-            length = hi - lo
-            for mask in range(1, 1 << nex):  # inclusion-exclusion over the excluded shapes
-                a, b, bits = lo, hi, 0
-                for k in range(nex):
-                    if mask & (1 << k):
-                        a = max(a, ex_lo[k])
-                        b = min(b, ex_hi[k])
-                        bits += 1
-                if b > a:
-                    length += (b - a) if bits % 2 == 0 else -(b - a)
-            acc += density[t] * length
+            if stamp[sid] != ray:
+                sh = shapes[sid]
+                qdx = sh[4] * dx + sh[5] * dy + sh[6] * dz
+                qdy = sh[7] * dx + sh[8] * dy + sh[9] * dz
+                qdz = sh[10] * dx + sh[11] * dy + sh[12] * dz
+                a, b = _interval(sh[0], sh[13], q0[sid, 0], q0[sid, 1], q0[sid, 2], qdx, qdy, qdz)
+                lo_cache[sid] = a
+                hi_cache[sid] = b
+                stamp[sid] = ray
+            if k < n_inc:
+                lo = max(lo, lo_cache[sid])
+                hi = min(hi, hi_cache[sid])
+                if hi <= lo:
+                    break
+            else:
+                ex_lo[nex] = lo_cache[sid]
+                ex_hi[nex] = hi_cache[sid]
+                nex += 1
+        if hi <= lo:
+            continue
+        length = hi - lo
+        for mask in range(1, 1 << nex):  # inclusion-exclusion over the excluded shapes
+            a, b, bits = lo, hi, 0
+            for k in range(nex):
+                if mask & (1 << k):
+                    a = max(a, ex_lo[k])
+                    b = min(b, ex_hi[k])
+                    bits += 1
+            if b > a:
+                length += (b - a) if bits % 2 == 0 else -(b - a)
+        acc += density[t] * length
     return acc * np.sqrt(dd)
 
 
 @nb.njit(parallel=True, cache=True)
 def project_view(
     source, origin, col_step, row_step, out, shapes, density, includes, excludes, spheres,
-    group_ranges, group_spheres, subpixels,
+    subpixels,
 ):  # fmt: skip
     """Line integrals (mm x 1/mm) from ``source`` to every detector pixel of one view.
 
@@ -206,6 +270,7 @@ def project_view(
     nrows, ncols = out.shape
     nshapes = shapes.shape[0]
     sx, sy, sz = source[0], source[1], source[2]
+    offsets, items, ntc = _tile_lists(source, origin, col_step, row_step, nrows, ncols, spheres)
     # unit-frame source position of every shape: constant over the view
     q0 = np.empty((nshapes, 3))
     for s in range(nshapes):
@@ -221,6 +286,11 @@ def project_view(
         ex_lo = np.empty(excludes.shape[1])
         ex_hi = np.empty(excludes.shape[1])
         for col in range(ncols):
+            tile = (row // TILE) * ntc + col // TILE
+            candidates = items[offsets[tile] : offsets[tile + 1]]
+            if candidates.size == 0:
+                out[row, col] = 0.0
+                continue
             transmitted = 0.0
             integral = 0.0
             for sub in range(n_sub):
@@ -231,8 +301,7 @@ def project_view(
                 dz = origin[2] + fc * col_step[2] + fr * row_step[2] - sz
                 integral = _ray_integral(
                     sx, sy, sz, dx, dy, dz, q0, shapes, density, includes, excludes, spheres,
-                    group_ranges, group_spheres, lo_cache, hi_cache, stamp, col * n_sub + sub,
-                    ex_lo, ex_hi,
+                    candidates, lo_cache, hi_cache, stamp, col * n_sub + sub, ex_lo, ex_hi,
                 )  # fmt: skip
                 transmitted += np.exp(-integral)
             out[row, col] = integral if n_sub == 1 else -np.log(transmitted / n_sub)

@@ -143,6 +143,11 @@ class SynthConfig:
         return 2 if self.linear_scale < 0.5 else 1
 
     @property
+    def voxel_supersample(self) -> int:
+        """Point samples per voxel edge of the image products (partial volume on coarse grids)."""
+        return 2 if self.linear_scale < 0.5 else 1
+
+    @property
     def roi_slices(self) -> int:
         """Slices in a RoI-CT stack."""
         return max(2, round(PUBLISHED_ROI_SLICES * self.linear_scale))

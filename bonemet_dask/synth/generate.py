@@ -225,7 +225,7 @@ def _write_recon_and_seg(writer, config, plan, week, world) -> dict[str, Any]:
     step = max(1, SLAB_BYTES // (4 * grid.shape[1] * grid.shape[2]))
     for start in range(0, grid.shape[0], step):
         stop = min(grid.shape[0], start + step)
-        mu = voxelize(packed, grid.slab(start, stop))
+        mu = voxelize(packed, grid.slab(start, stop), supersample=config.voxel_supersample)
         for k in range(start, stop):
             grey = _to_grey(mu[k - start], _rng(config, plan.number, week, 4, k))
             if "recon_ct" in config.components:
@@ -265,7 +265,7 @@ def _write_regist(writer, config, plan, week, side, leg) -> None:
     step = max(1, SLAB_BYTES // (4 * grid.shape[1] * grid.shape[2]))
     for start in range(0, grid.shape[0], step):
         stop = min(grid.shape[0], start + step)
-        mu = voxelize(packed, grid.slab(start, stop))
+        mu = voxelize(packed, grid.slab(start, stop), supersample=config.voxel_supersample)
         for k in range(start, stop):
             grey = _to_grey(mu[k - start], _rng(config, plan.number, week, salt, k))
             writer.png(folder, naming.slice_file_name("regist_ct", plan.mouse, side, k), grey)
@@ -282,7 +282,7 @@ def tibia_bone_mask(
 ) -> np.ndarray:
     """Noise-free bone mask (grey >= THRESHOLD) of the tibia alone, fibula removed, on ``grid``."""
     tibia = leg_phantom(leg, week).select(lambda label: label in ("tibia", "trabecular"))
-    mu = voxelize(tibia, grid) + np.float32(MU_SOFT)
+    mu = voxelize(tibia, grid, supersample=config.voxel_supersample) + np.float32(MU_SOFT)
     return _to_grey(mu, None) >= THRESHOLD
 
 

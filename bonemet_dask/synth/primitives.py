@@ -169,7 +169,7 @@ class Term:
 
 @dataclass
 class Phantom:
-    """A list of terms, grouped (one group per leg part) for bounding-sphere culling."""
+    """A list of terms, each tagged with a group number (the leg it belongs to, for selection)."""
 
     terms: list[Term] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
@@ -209,8 +209,8 @@ class Phantom:
         return allpts.min(0), allpts.max(0)
 
     def pack(self) -> PackedPhantom:
-        """Arrays for the numba kernels, with terms sorted by group."""
-        order = np.argsort(np.asarray(self.groups, dtype=np.int64), kind="stable")
+        """Arrays for the numba kernels (terms in insertion order, shapes shared by identity)."""
+        order = range(len(self.terms))
         shapes: list[np.ndarray] = []
         index: dict[int, int] = {}
 
@@ -226,7 +226,6 @@ class Phantom:
         includes = -np.ones((n, MAX_INCLUDES), np.int64)
         excludes = -np.ones((n, MAX_EXCLUDES), np.int64)
         spheres = np.zeros((n, 4))
-        groups = np.asarray(self.groups, np.int64)[order]
         for row, term_id in enumerate(order):
             term = self.terms[term_id]
             density[row] = term.density
@@ -236,24 +235,12 @@ class Phantom:
                 excludes[row, k] = shape_id(s)
             best = min((s.bounding_sphere() for s in term.includes), key=lambda cr: cr[1])
             spheres[row, :3], spheres[row, 3] = best
-        group_ids = np.unique(groups)
-        starts = np.searchsorted(groups, group_ids, side="left")
-        stops = np.searchsorted(groups, group_ids, side="right")
-        group_spheres = np.zeros((len(group_ids), 4))
-        for g, (a, b) in enumerate(zip(starts, stops, strict=True)):
-            lo = (spheres[a:b, :3] - spheres[a:b, 3:]).min(0)
-            hi = (spheres[a:b, :3] + spheres[a:b, 3:]).max(0)
-            centre = (lo + hi) / 2
-            radius = np.max(np.linalg.norm(spheres[a:b, :3] - centre, axis=1) + spheres[a:b, 3])
-            group_spheres[g, :3], group_spheres[g, 3] = centre, radius
         return PackedPhantom(
             np.asarray(shapes, np.float64).reshape(-1, SHAPE_ROW),
             density,
             includes,
             excludes,
             spheres,
-            np.stack([starts, stops], axis=1).astype(np.int64),
-            group_spheres,
         )
 
 
@@ -266,8 +253,6 @@ class PackedPhantom:
     includes: np.ndarray
     excludes: np.ndarray
     spheres: np.ndarray
-    group_ranges: np.ndarray
-    group_spheres: np.ndarray
 
 
 def rotation_matrix(angles_deg) -> np.ndarray:

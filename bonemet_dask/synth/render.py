@@ -62,8 +62,6 @@ def line_integrals(
         packed.includes,
         packed.excludes,
         packed.spheres,
-        packed.group_ranges,
-        packed.group_spheres,
         int(subpixels),
     )
     return out
