@@ -182,6 +182,114 @@ def _problem_dict(problem) -> dict[str, str]:
 
 
 @app.command()
+def convert(
+    src: Annotated[str, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")],
+    store: Annotated[str, typer.Argument(help="Zarr store: local folder or fsspec URL.")],
+    mice: MiceOpt = None,
+    weeks: WeeksOpt = None,
+    sides: SidesOpt = None,
+    components: ComponentsOpt = None,
+    on_error: Annotated[
+        str, typer.Option(help="quarantine: leave bad scans out and go on; stop: abort.")
+    ] = "quarantine",
+    overwrite: Annotated[
+        bool, typer.Option(help="Rewrite groups made with other settings.")
+    ] = False,
+    cluster: Annotated[
+        str, typer.Option(help="'local', 'none' (threads here), 'slurm', 'gpu' or an address.")
+    ] = "none",
+    report: Annotated[Path | None, typer.Option(help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Convert PNG stacks into one sharded OME-Zarr store (resumable: rerun to finish).
+
+    Exits 3 when scans were quarantined; the report names each file and reason.
+    """
+    from bonemet_dask.ops.convert import ON_ERROR, ConversionError
+    from bonemet_dask.ops.convert import convert as run_convert
+
+    if on_error not in ON_ERROR:
+        raise typer.BadParameter(f"--on-error {on_error!r} is not one of {', '.join(ON_ERROR)}")
+    with _client(cluster) as client, _progress("Converting shards") as update:
+        try:
+            result = run_convert(
+                src,
+                store,
+                components=_choices("--components", components, COMPONENTS),
+                mice=_split(mice),
+                weeks=parse_weeks(weeks),
+                sides=_choices("--sides", sides, SIDES),
+                client=client,
+                on_error=on_error,
+                overwrite=overwrite,
+                progress=update,
+            )
+        except (ConversionError, FileNotFoundError) as err:
+            err_console.print(f"[red]{err}[/red]")
+            raise typer.Exit(EXIT_FAILURE) from None
+    mb = result.bytes_read / 1e6
+    console.print(
+        f"converted {len(result.converted)} scans ({result.shards_written} shards, {mb:.1f} MB "
+        f"of PNG) in {result.seconds:.1f} s; {len(result.skipped)} already complete"
+    )
+    _print_quarantine(result.quarantined)
+    if report is not None:
+        report.write_text(json.dumps(result.to_dict(), indent=1))
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def verify(
+    src: Annotated[str, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")],
+    store: Annotated[str, typer.Argument(help="Zarr store written by convert.")],
+    mice: MiceOpt = None,
+    weeks: WeeksOpt = None,
+    sides: SidesOpt = None,
+    components: ComponentsOpt = None,
+    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+) -> None:
+    """Prove the store equals the source: every slice re-decoded and compared by digest."""
+    from bonemet_dask.ops.verify import verify as run_verify
+
+    with _client(cluster) as client, _progress("Verifying shards") as update:
+        result = run_verify(
+            src,
+            store,
+            components=_choices("--components", components, COMPONENTS),
+            mice=_split(mice),
+            weeks=parse_weeks(weeks),
+            sides=_choices("--sides", sides, SIDES),
+            client=client,
+            progress=update,
+        )
+    for path in result.missing:
+        err_console.print(f"[red]missing[/red] {path}: not (completely) in the store")
+    for path, index, file, what in result.mismatches[:50]:
+        err_console.print(f"[red]differs[/red] {path} slice {index} ({file}): {what}")
+    if result.ok:
+        console.print(f"OK: {result.checked_slices} slices equal their source PNGs")
+        return
+    console.print(
+        f"FAILED: {len(result.mismatches)} slices differ, {len(result.missing)} scans missing"
+    )
+    raise typer.Exit(EXIT_FAILURE)
+
+
+def _print_quarantine(quarantined: dict[str, list[tuple[str, str]]]) -> None:
+    from rich.table import Table
+
+    if not quarantined:
+        return
+    table = Table(title=f"Quarantined scans ({len(quarantined)})", title_justify="left")
+    table.add_column("scan folder")
+    table.add_column("file")
+    table.add_column("reason")
+    for folder, problems in quarantined.items():
+        for file, reason in problems:
+            table.add_row(folder, file, reason)
+    err_console.print(table)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes its data.")] = Path(
         "demo-output"
@@ -259,3 +367,7 @@ def _progress(label: str):
 def main() -> None:  # pragma: no cover - console-script entry
     """Entry point of the console script."""
     app()
+
+
+if __name__ == "__main__":  # python -m bonemet_dask.cli
+    main()

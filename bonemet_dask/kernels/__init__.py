@@ -1,0 +1,1 @@
+"""Pure, Dask-free chunk kernels, one block in and one out (``png_decode``: PNG bytes to pixels)."""

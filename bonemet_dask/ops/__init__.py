@@ -1,0 +1,1 @@
+"""Graph builders: they choose chunks and wiring and do no pixel arithmetic."""

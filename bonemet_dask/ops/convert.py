@@ -1,0 +1,461 @@
+"""PNG stacks -> sharded OME-Zarr: plan, run one task per shard, resume, quarantine.
+
+The graph is flat: one task per shard.  A task reads one slab of PNG files, decodes them into one
+block, writes exactly that one shard of the image array and then the matching chunk of
+``slice_hash`` (the done-marker, docs/store-layout.md).  All metadata is written by the client
+before any task runs, so a killed run leaves only whole shards behind and a rerun writes only
+the shards whose marker is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from bonemet_dask import __version__
+from bonemet_dask.io.catalog import Catalog, Stack, scan_source
+from bonemet_dask.io.records import write_records
+from bonemet_dask.io.store import (
+    STORE_LAYOUT_VERSION,
+    ImageLayout,
+    completed_shards,
+    create_image_group,
+    get_bonemet_attrs,
+    open_zarr_store,
+    scan_group_path,
+    set_status,
+)
+from bonemet_dask.kernels.slab import SlabDecodeError, decode_slab
+
+logger = logging.getLogger(__name__)
+
+LAYOUT_VERSION = STORE_LAYOUT_VERSION
+"""Bumped whenever the meaning of a store's bytes changes; part of every fingerprint."""
+ON_ERROR = ("quarantine", "stop")
+
+
+class ConversionError(RuntimeError):
+    """The conversion cannot proceed (bad inputs with ``on_error='stop'``, a fingerprint clash)."""
+
+
+class ShardWriterError(ValueError):
+    """Two tasks would write one shard, or a task would write a partial shard."""
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did.
+
+    Attributes
+    ----------
+    converted : list of str
+        Scan groups completed by this run.
+    skipped : list of str
+        Scan groups that were already complete with the same fingerprint.
+    quarantined : dict
+        Stack folder -> list of ``(file, reason)``; those scans are not (fully) in the store.
+    shards_written : int
+        Shards written by this run (a rerun after a crash writes only the missing ones).
+    bytes_read : int
+        PNG bytes read.
+    seconds : float
+        Wall time.
+    """
+
+    store: str
+    converted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    quarantined: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    shards_written: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """3 when anything was quarantined, else 0 (the CLI's exit code)."""
+        return 3 if self.quarantined else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "store": self.store,
+            "converted": self.converted,
+            "skipped": self.skipped,
+            "quarantined": {k: [list(p) for p in v] for k, v in self.quarantined.items()},
+            "shards_written": self.shards_written,
+            "bytes_read": self.bytes_read,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work: the files of one shard of one scan."""
+
+    group_path: str
+    shard: int
+    start: int
+    stop: int
+    paths: tuple[str, ...]
+    shape: tuple[int, int]
+    dtype: str
+
+
+def layout_for(
+    stack: Stack, *, slices_per_shard: int | None = None, codec: str = "zstd", level: int = 1
+) -> ImageLayout:
+    """The array layout of a stack: CT or projection defaults, voxel size from its ``.log``.
+
+    ``slices_per_shard`` (per writing task), ``codec`` and ``level`` override the defaults.
+    """
+    if stack.shape is None or stack.dtype is None:
+        raise ValueError(f"stack {stack.folder!r} has no consistent shape; it must be quarantined")
+    voxel = stack.log.summary.image_pixel_size_um if stack.log is not None else None
+    kind = "projections" if stack.component == "rotation_xray" else "ct"
+    layout = ImageLayout.default_for(
+        kind,
+        stack.shape,
+        stack.dtype,
+        voxel_size_um=voxel or 1.0,
+        slices_per_shard=slices_per_shard,
+    )
+    return replace(layout, codec=codec, level=level)
+
+
+def fingerprint(stack: Stack, layout: ImageLayout) -> str:
+    """Hash of everything that would make two conversions of a stack differ."""
+    files = [
+        (
+            os.path.basename(f.path),
+            f.index,
+            f.nbytes,
+            f.header.width,
+            f.header.height,
+            f.header.bit_depth,
+            f.header.colour_type,
+        )
+        for f in stack.files
+    ]
+    payload = {"files": files, "layout": layout.to_dict(), "layout_version": LAYOUT_VERSION}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def shard_tasks(stack: Stack, layout: ImageLayout, group_path: str) -> list[ShardTask]:
+    """One task per shard of the stack's image array, checked to have exactly one writer each."""
+    paths = [f.path for f in stack.files]
+    tasks = []
+    for shard in range(layout.n_shards):
+        rows = layout.shard_slices(shard)
+        tasks.append(
+            ShardTask(
+                group_path,
+                shard,
+                rows.start,
+                rows.stop,
+                tuple(paths[rows]),
+                tuple(layout.shape[1:]),
+                layout.dtype,
+            )
+        )
+    check_single_writer(tasks, layout)
+    return tasks
+
+
+def check_single_writer(tasks: Sequence[ShardTask], layout: ImageLayout) -> None:
+    """Refuse task lists in which a shard has two writers or a task covers a partial shard.
+
+    Parallel writers into one shard silently lose data (zarr-python#3514), so this runs before
+    anything is submitted.
+
+    Raises
+    ------
+    ShardWriterError
+        Naming the shard and how to fix the plan.
+    """
+    owner: dict[int, ShardTask] = {}
+    for task in tasks:
+        expected = layout.shard_slices(task.shard)
+        if (task.start, task.stop) != (expected.start, expected.stop):
+            raise ShardWriterError(
+                f"task for {task.group_path} shard {task.shard} covers slices "
+                f"{task.start}:{task.stop} but the shard is {expected.start}:{expected.stop}; "
+                "plan tasks with shard_tasks() so each writes one whole shard"
+            )
+        if task.shard in owner:
+            raise ShardWriterError(
+                f"{task.group_path} shard {task.shard} has two writers; each shard must be "
+                "written by exactly one task: deduplicate the task list"
+            )
+        owner[task.shard] = task
+
+
+def read_files(fs: Any, paths: Sequence[str]) -> list[bytes]:
+    """The bytes of several files, fetched concurrently where the filesystem can (object stores)."""
+    blobs = fs.cat(list(paths), on_error="raise")
+    if not isinstance(blobs, dict):  # a single path comes back as bytes
+        blobs = {paths[0]: blobs}
+    stripped = {fs._strip_protocol(k): v for k, v in blobs.items()}
+    return [stripped[fs._strip_protocol(p)] for p in paths]
+
+
+def convert_shard(
+    task: ShardTask, store: Any, fs: Any, storage_options: dict | None = None
+) -> tuple[ShardTask, int, str | None, str | None]:
+    """Run one shard task: read, decode, write the shard, then its digests.
+
+    Returns
+    -------
+    tuple
+        ``(task, bytes_read, failed_path, reason)``; ``failed_path`` is None on success.  A bad
+        file is reported, never filled in.
+    """
+    import zarr
+
+    data = read_files(fs, task.paths)
+    nbytes = sum(len(b) for b in data)
+    try:
+        slab, digests = decode_slab(data, shape=task.shape, dtype=task.dtype)
+    except SlabDecodeError as err:
+        return task, nbytes, task.paths[err.position], str(err)
+    group = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r+")
+    scan = group[task.group_path]
+    scan["0"][task.start : task.stop] = slab
+    scan["slice_hash"][task.start : task.stop] = digests  # written last: marks the shard done
+    return task, nbytes, None, None
+
+
+def convert(
+    source: str | os.PathLike | Catalog,
+    store: Any,
+    *,
+    components: Sequence[str] | str | None = None,
+    mice: Sequence[str] | str | None = None,
+    weeks: Sequence[int] | int | None = None,
+    sides: Sequence[str] | str | None = None,
+    client: Any = None,
+    on_error: Literal["quarantine", "stop"] = "quarantine",
+    overwrite: bool = False,
+    slices_per_shard: int | None = None,
+    codec: str = "zstd",
+    level: int = 1,
+    storage_options: dict | None = None,
+    source_storage_options: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionReport:
+    """Convert the image stacks of a BoneMet tree into one sharded OME-Zarr store.
+
+    Parameters
+    ----------
+    source : str, path or Catalog
+        BoneMet tree (local path or fsspec URL) or a catalog of it.
+    store : str, path or zarr Store
+        Destination (local path, ``memory://``, ``s3://`` ... or a zarr store object).
+    components, mice, weeks, sides : optional
+        Selection, as :meth:`Catalog.select`.
+    client : distributed.Client, optional
+        Run the shard tasks on this cluster (the store must be reachable from the workers);
+        without one they run on a local thread pool.
+    on_error : {"quarantine", "stop"}
+        What to do with a bad stack: leave it out and report it (exit code 3 in the CLI), or stop.
+    overwrite : bool
+        Rewrite scan groups written with other parameters instead of refusing.
+    slices_per_shard : int, optional
+        Slices (projections) per shard, i.e. per task (default 64 for CT, 8 for projections).
+    codec, level : str, int
+        Compression of the image arrays (see ``bonemet_dask.io.store.CODECS``).
+    storage_options : dict, optional
+        fsspec options for ``store``.
+    source_storage_options : dict, optional
+        fsspec options for ``source`` (when it is a URL).
+    progress : callable, optional
+        ``progress(done, total)`` after every shard.
+
+    Returns
+    -------
+    ConversionReport
+
+    Raises
+    ------
+    ConversionError
+        With ``on_error="stop"`` on the first bad stack or file, or when a group already holds
+        a conversion with another fingerprint and ``overwrite`` is False.
+    """
+    import zarr
+
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r} is not one of {', '.join(map(repr, ON_ERROR))}")
+    started = time.perf_counter()
+    catalog = (
+        source
+        if isinstance(source, Catalog)
+        else scan_source(source, storage_options=source_storage_options)
+    )
+    catalog = catalog.select(components=components, mice=mice, weeks=weeks, sides=sides)
+    report = ConversionReport(store=str(store))
+    options = {"slices_per_shard": slices_per_shard, "codec": codec, "level": level}
+    bad = [s for s in catalog.stacks if not s.ok]
+    for stack in bad:
+        errors = [(p.path, p.message) for p in stack.problems if p.severity == "error"]
+        report.quarantined[stack.folder] = errors
+    if bad and on_error == "stop":
+        first = bad[0]
+        raise ConversionError(
+            f"{len(bad)} stack(s) have errors, first {first.folder!r}: "
+            f"{report.quarantined[first.folder][0][1]}; fix them or use on_error='quarantine'"
+        )
+    root = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="a")
+    root_attrs = dict(root.attrs.get("bonemet", {}))
+    wanted = root_attrs | {"layout": LAYOUT_VERSION, "package": "bonemet-dask"}
+    wanted["sources"] = sorted({*root_attrs.get("sources", []), str(catalog.root)})
+    if wanted != root_attrs:  # a rerun leaves the root document untouched
+        root.attrs["bonemet"] = wanted
+    tasks: list[ShardTask] = []
+    pending: dict[str, int] = {}
+    for stack in catalog.stacks:
+        if not stack.ok:
+            continue
+        group_path, todo = _prepare_stack(root, stack, overwrite=overwrite, options=options)
+        if todo is None:
+            report.skipped.append(group_path)
+            continue
+        tasks.extend(todo)
+        pending[group_path] = len(todo)
+    if catalog.records_path:
+        _write_medirec(root, catalog)
+    failures = _run(tasks, store, catalog.fs, storage_options, client, report, progress, on_error)
+    for group_path in pending:
+        scan = root[group_path]
+        if group_path in failures:
+            set_status(scan, "quarantined")
+            scan.attrs["bonemet"] = get_bonemet_attrs(scan) | {"problems": failures[group_path]}
+            folder = get_bonemet_attrs(scan)["source"]["folder"]
+            report.quarantined[folder] = failures[group_path]
+        else:
+            set_status(scan, "complete")
+            report.converted.append(group_path)
+    report.seconds = time.perf_counter() - started
+    logger.info(
+        "converted %d scans (%d shards), skipped %d, quarantined %d in %.1f s",
+        len(report.converted),
+        report.shards_written,
+        len(report.skipped),
+        len(report.quarantined),
+        report.seconds,
+    )
+    return report
+
+
+def _prepare_stack(
+    root, stack: Stack, *, overwrite: bool, options: dict[str, Any]
+) -> tuple[str, list[ShardTask] | None]:
+    """Create (or check) a stack's group; return its path and the shard tasks still to run."""
+    layout = layout_for(stack, **options)
+    group_path = scan_group_path(stack.component, stack.mouse, stack.side, stack.week)
+    print_ = fingerprint(stack, layout)
+    existing = root.get(group_path)
+    if existing is not None:
+        attrs = get_bonemet_attrs(existing)
+        if attrs.get("fingerprint") not in (None, print_) and not overwrite:
+            raise ConversionError(
+                f"store group {group_path!r} holds a conversion with other parameters or other "
+                f"source files (fingerprint {attrs.get('fingerprint')[:12]} != {print_[:12]}); "
+                "pass overwrite=True (CLI --overwrite) to replace it, or use another store"
+            )
+        if attrs.get("fingerprint") == print_ and attrs.get("status") == "complete":
+            return group_path, None
+        if attrs.get("fingerprint") != print_:
+            existing = None  # stale or half-created metadata: recreate below
+    if existing is None:
+        scan = create_image_group(
+            root, group_path, layout, attrs=_scan_attrs(stack, layout, print_), overwrite=True
+        )
+        scan["slice_index"][:] = np.asarray(stack.indices, dtype=np.int64)
+        set_status(scan, "incomplete")
+        done: set[int] = set()
+    else:
+        done = completed_shards(existing)
+    return group_path, [t for t in shard_tasks(stack, layout, group_path) if t.shard not in done]
+
+
+def _scan_attrs(stack: Stack, layout: ImageLayout, print_: str) -> dict[str, Any]:
+    log = stack.log
+    attrs: dict[str, Any] = {
+        "component": stack.component,
+        "mouse": stack.mouse,
+        "side": stack.side,
+        "week": stack.week,
+        "fingerprint": print_,
+        "voxel_size_known": bool(log and log.summary.image_pixel_size_um),
+        "source": {
+            "folder": stack.folder,
+            "scan_folder_name": stack.scan_folder_name,
+            "n_files": stack.n_files,
+            "first_index": stack.indices[0],
+            "log": log.to_dict() if log is not None else None,
+        },
+        "provenance": {
+            "package": "bonemet-dask",
+            "version": __version__,
+            "stage": "convert",
+            "layout": layout.to_dict(),
+        },
+    }
+    if stack.component == "rotation_xray":
+        step = log.summary.rotation_step_deg if log is not None else None
+        if step:
+            attrs["angles_deg"] = [round(i * step, 6) for i in stack.indices]
+    return attrs
+
+
+def _write_medirec(root, catalog: Catalog) -> None:
+    import pandas as pd
+
+    with catalog.fs.open(catalog.records_path, "rb") as handle:
+        table = pd.read_csv(handle)
+    write_records(root, table)
+
+
+def _run(tasks, store, fs, storage_options, client, report, progress, on_error):
+    """Run shard tasks; return failures as {group_path: [(file, reason)]}."""
+    failures: dict[str, list[tuple[str, str]]] = {}
+    total = len(tasks)
+    if progress:
+        progress(0, total)
+    if client is not None:
+        from distributed import as_completed as dask_as_completed
+
+        futures = [
+            client.submit(convert_shard, t, store, fs, storage_options, pure=False, retries=1)
+            for t in tasks
+        ]
+        completed = (f.result() for f in dask_as_completed(futures))
+    else:
+        pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+        futures = [pool.submit(convert_shard, t, store, fs, storage_options) for t in tasks]
+        completed = (f.result() for f in as_completed(futures))
+    try:
+        for done, (task, nbytes, failed_path, reason) in enumerate(completed, start=1):
+            report.bytes_read += nbytes
+            if failed_path is None:
+                report.shards_written += 1
+            else:
+                failures.setdefault(task.group_path, []).append((failed_path, reason))
+                if on_error == "stop":
+                    for future in futures:
+                        future.cancel()
+                    raise ConversionError(f"{failed_path!r}: {reason}")
+            if progress:
+                progress(done, total)
+    finally:
+        if client is None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return failures

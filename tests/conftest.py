@@ -1,0 +1,33 @@
+"""Shared fixtures: a local S3 (moto) server for object-store round trips."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 (random port); fsspec's s3 config points at it."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    import os
+
+    import fsspec.config
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint},
+    }
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # moto's default; no real AWS
+    try:
+        yield endpoint
+    finally:
+        if saved is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved
+        server.stop()
