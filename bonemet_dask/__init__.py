@@ -2,6 +2,8 @@
 
 >>> import bonemet_dask as bm
 >>> catalog = bm.scan_source("BoneMet/")          # doctest: +SKIP
+>>> report = bm.convert("BoneMet/", "bonemet.zarr") # doctest: +SKIP
+>>> tree = bm.open_store("bonemet.zarr")           # doctest: +SKIP
 >>> client = bm.connect()                         # doctest: +SKIP
 
 Heavy modules (dask.distributed, numba kernels) load on first use.
@@ -21,6 +23,10 @@ _LAZY = {
     "Problem": ("bonemet_dask.io.catalog", "Problem"),
     "parse_skyscan_log": ("bonemet_dask.io.skyscan_log", "parse_skyscan_log"),
     "connect": ("bonemet_dask.cluster", "connect"),
+    "convert": ("bonemet_dask.ops.convert", "convert"),
+    "verify": ("bonemet_dask.ops.verify", "verify"),
+    "open_store": ("bonemet_dask.io.xr", "open_store"),
+    "stack": ("bonemet_dask.io.xr", "stack"),
     "ConeGeometry": ("bonemet_dask.geometry", "ConeGeometry"),
     "VolumeGrid": ("bonemet_dask.geometry", "VolumeGrid"),
     "SynthConfig": ("bonemet_dask.synth", "SynthConfig"),
@@ -36,6 +42,9 @@ if TYPE_CHECKING:
     from bonemet_dask.geometry import ConeGeometry, VolumeGrid
     from bonemet_dask.io.catalog import Catalog, Problem, Stack, scan_source
     from bonemet_dask.io.skyscan_log import parse_skyscan_log
+    from bonemet_dask.io.xr import open_store, stack
+    from bonemet_dask.ops.convert import convert
+    from bonemet_dask.ops.verify import verify
     from bonemet_dask.synth import SynthConfig
 
 

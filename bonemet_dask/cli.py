@@ -274,6 +274,21 @@ def verify(
     raise typer.Exit(EXIT_FAILURE)
 
 
+@app.command()
+def info(
+    store: Annotated[str, typer.Argument(help="Zarr store written by convert.")],
+    max_scans: Annotated[int, typer.Option(help="Scans listed per component.")] = 40,
+) -> None:
+    """Show the store's scans: shapes, shard counts and conversion status."""
+    from bonemet_dask.io.store_report import store_tree
+
+    try:
+        console.print(store_tree(store, max_scans=max_scans))
+    except FileNotFoundError as err:
+        err_console.print(f"[red]store={store!r} cannot be opened: {err}[/red]")
+        raise typer.Exit(EXIT_FAILURE) from None
+
+
 def _print_quarantine(quarantined: dict[str, list[tuple[str, str]]]) -> None:
     from rich.table import Table
 
@@ -300,32 +315,52 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="LocalCluster workers.")] = None,
 ) -> None:
-    """Run the pipeline as it stands on an embedded LocalCluster: synth, then catalog."""
+    """Run the pipeline as it stands on an embedded LocalCluster: synth, catalog, convert."""
     from bonemet_dask.cluster import connect
     from bonemet_dask.io.catalog import scan_source
     from bonemet_dask.io.catalog_report import catalog_tables
+    from bonemet_dask.io.store_report import store_tree
+    from bonemet_dask.io.xr import open_store
+    from bonemet_dask.ops.convert import convert as run_convert
+    from bonemet_dask.ops.verify import verify as run_verify
     from bonemet_dask.synth import TRUTH_FILE, SynthConfig, generate
 
     source = out / "source"
+    store = out / "bonemet.zarr"
     with connect("local", n_workers=workers) as client:
         console.rule("bonemet-dask demo")
         console.print(f"Dask dashboard: [bold cyan]{client.dashboard_link}[/bold cyan]")
         config = SynthConfig(mice=mice, weeks=weeks, size=size, seed=seed)
         started = time.perf_counter()
-        with _progress("1/2 synthetic BoneMet tree") as update:
+        with _progress("1/3 synthetic BoneMet tree") as update:
             generate(str(source), config, client=client, progress=update, overwrite=True)
         console.print(f"  wrote {source} in {time.perf_counter() - started:.1f} s")
-        started = time.perf_counter()
         catalog = scan_source(str(source))
-        console.print(
-            f"  catalogued {len(catalog)} stacks in {time.perf_counter() - started:.2f} s"
-        )
         for table in catalog_tables(catalog):
             console.print(table)
+        with _progress("2/3 convert to sharded OME-Zarr") as update:
+            report = run_convert(
+                catalog, str(store), client=client, progress=update, overwrite=True
+            )
+        console.print(
+            f"  converted {len(report.converted)} scans ({report.shards_written} shards, "
+            f"{report.bytes_read / 1e6:.1f} MB of PNG) in {report.seconds:.1f} s"
+        )
+        with _progress("3/3 verify store against source") as update:
+            checked = run_verify(catalog, str(store), client=client, progress=update)
+        console.print(
+            f"  verify: {'OK' if checked.ok else 'FAILED'}, {checked.checked_slices} slices"
+        )
+        console.print(store_tree(str(store), max_scans=6))
+        tree = open_store(str(store))
+        first = next(node for node in tree.subtree if "image" in node.dataset)
+        console.print(f"  xarray view of {first.path}:")
+        console.print(first.dataset["image"])
     console.rule("results")
     console.print(f"source tree:   {source.resolve()}/Imagery_Dataset")
     console.print(f"records:       {source.resolve()}/MiceMediRec Dataset/record.csv")
     console.print(f"ground truth:  {source.resolve()}/{TRUTH_FILE}")
+    console.print(f"Zarr store:    {store.resolve()}  (bm.open_store(...) or bonemet-dask info)")
 
 
 # ---------------------------------------------------------------- plumbing

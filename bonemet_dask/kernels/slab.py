@@ -1,19 +1,20 @@
 """Decode one slab of PNG files into one array block and hash every slice: the conversion kernel.
 
-Pure and Dask-free: bytes in, ``(slab, digests)`` out.  The digest of a slice is BLAKE2b-128 of
-its decoded pixels in C order, little-endian, so ``verify`` can prove a store equals its source
-without keeping the source around.
+Pure and Dask-free: bytes in, ``(slab, digests)`` out.  The digest of a slice is XXH3-128 of its
+decoded pixels in C order, little-endian, so ``verify`` can prove a store equals its source
+without keeping the source around.  XXH3 runs at memory speed (18 ms for 32 full-size slices
+against 330 ms for BLAKE2b); it guards against corruption and mix-ups, not against an adversary.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+import xxhash
 
 DIGEST_SIZE = 16
-"""Bytes per slice digest (BLAKE2b-128)."""
+"""Bytes per slice digest (XXH3-128)."""
 
 
 class SlabDecodeError(ValueError):
@@ -25,9 +26,9 @@ class SlabDecodeError(ValueError):
 
 
 def slice_digest(image: np.ndarray) -> bytes:
-    """BLAKE2b-128 of a 2-D slice's pixels, C order, little-endian."""
+    """XXH3-128 of a 2-D slice's pixels, C order, little-endian."""
     data = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<"))
-    return hashlib.blake2b(data.tobytes(), digest_size=DIGEST_SIZE).digest()
+    return xxhash.xxh3_128_digest(memoryview(data).cast("B"))
 
 
 def slab_digests(slab: np.ndarray) -> np.ndarray:
@@ -67,7 +68,7 @@ def decode_slab(
     slab : numpy.ndarray
         ``(len(blobs), height, width)`` of ``dtype``.
     digests : numpy.ndarray
-        ``(len(blobs), 16)`` uint8 BLAKE2b-128 digests of the decoded slices.
+        ``(len(blobs), 16)`` uint8 XXH3-128 digests of the decoded slices.
 
     Raises
     ------

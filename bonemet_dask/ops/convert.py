@@ -33,6 +33,7 @@ from bonemet_dask.io.store import (
     open_zarr_store,
     scan_group_path,
     set_status,
+    write_shard,
 )
 from bonemet_dask.kernels.slab import SlabDecodeError, decode_slab
 
@@ -41,6 +42,10 @@ logger = logging.getLogger(__name__)
 LAYOUT_VERSION = STORE_LAYOUT_VERSION
 """Bumped whenever the meaning of a store's bytes changes; part of every fingerprint."""
 ON_ERROR = ("quarantine", "stop")
+DEFAULT_CODECS = {"ct": ("blosc-zstd", 1), "projections": ("blosc-lz4", 5)}
+"""Codec and level per kind of stack, chosen by benchmarks/bench_convert.py (BENCHMARKS.md):
+bit-shuffled zstd stores 8-bit CT smaller than its PNGs at 0.94x the raw decode speed; on noisy
+16-bit projections bit-shuffled lz4 compresses as well and is faster (1.16x)."""
 
 
 class ConversionError(RuntimeError):
@@ -111,11 +116,16 @@ class ShardTask:
 
 
 def layout_for(
-    stack: Stack, *, slices_per_shard: int | None = None, codec: str = "zstd", level: int = 1
+    stack: Stack,
+    *,
+    slices_per_shard: int | None = None,
+    codec: str | None = None,
+    level: int | None = None,
 ) -> ImageLayout:
     """The array layout of a stack: CT or projection defaults, voxel size from its ``.log``.
 
-    ``slices_per_shard`` (per writing task), ``codec`` and ``level`` override the defaults.
+    ``slices_per_shard`` (per writing task), ``codec`` and ``level`` override the defaults:
+    see :data:`DEFAULT_CODECS`.
     """
     if stack.shape is None or stack.dtype is None:
         raise ValueError(f"stack {stack.folder!r} has no consistent shape; it must be quarantined")
@@ -128,7 +138,12 @@ def layout_for(
         voxel_size_um=voxel or 1.0,
         slices_per_shard=slices_per_shard,
     )
-    return replace(layout, codec=codec, level=level)
+    default_codec, default_level = DEFAULT_CODECS[kind]
+    return replace(
+        layout,
+        codec=codec or default_codec,
+        level=default_level if level is None else level,
+    )
 
 
 def fingerprint(stack: Stack, layout: ImageLayout) -> str:
@@ -228,7 +243,7 @@ def convert_shard(
         return task, nbytes, task.paths[err.position], str(err)
     group = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r+")
     scan = group[task.group_path]
-    scan["0"][task.start : task.stop] = slab
+    write_shard(scan["0"], task.shard, slab)
     scan["slice_hash"][task.start : task.stop] = digests  # written last: marks the shard done
     return task, nbytes, None, None
 
@@ -245,8 +260,8 @@ def convert(
     on_error: Literal["quarantine", "stop"] = "quarantine",
     overwrite: bool = False,
     slices_per_shard: int | None = None,
-    codec: str = "zstd",
-    level: int = 1,
+    codec: str | None = None,
+    level: int | None = None,
     storage_options: dict | None = None,
     source_storage_options: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -270,8 +285,9 @@ def convert(
         Rewrite scan groups written with other parameters instead of refusing.
     slices_per_shard : int, optional
         Slices (projections) per shard, i.e. per task (default 64 for CT, 8 for projections).
-    codec, level : str, int
-        Compression of the image arrays (see ``bonemet_dask.io.store.CODECS``).
+    codec, level : str, int, optional
+        Compression of the image arrays (``bonemet_dask.io.store.CODECS``); default
+        :data:`DEFAULT_CODECS`.
     storage_options : dict, optional
         fsspec options for ``store``.
     source_storage_options : dict, optional

@@ -13,9 +13,11 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
 from bonemet_dask import naming
+from bonemet_dask.io import xr as bxr
 from bonemet_dask.io.catalog import scan_source
 from bonemet_dask.io.records import read_records
 from bonemet_dask.io.store import ImageLayout, get_bonemet_attrs, scan_group_path
@@ -81,6 +83,40 @@ def test_round_trip_equals_source_pngs(source, tmp_path):
     assert verify(source, str(store)).ok
     records = read_records(root)
     assert len(records) == CONFIG.mice * CONFIG.weeks
+
+
+def test_converted_store_is_ome_zarr_and_opens_in_xarray(source, tmp_path):
+    from ome_zarr_models.v05 import Image
+
+    store = tmp_path / "store.zarr"
+    convert(source, str(store))
+    root = zarr.open_group(str(store), mode="r")
+    catalog = scan_source(source)
+    for stack in catalog:
+        group = root[scan_group_path(stack.component, stack.mouse, stack.side, stack.week)]
+        Image.from_zarr(group)  # raises on any OME-Zarr 0.5 violation
+        assert group["0"].metadata.dimension_names is not None
+    raw = xr.open_datatree(store, engine="zarr", consolidated=False)
+    assert raw["recon_ct/851/both/week0"].dataset["0"].dims == ("z", "y", "x")
+    tree = bxr.open_store(str(store))
+    image = tree["rotation_xray/851/both/week1"].dataset["image"]
+    assert image.dims == ("angle", "row", "col")
+    np.testing.assert_allclose(image["angle"].values, np.arange(260) * 0.8)
+    recon = tree["recon_ct/851/both/week0"].dataset["image"]
+    assert recon.dims == ("slice", "y", "x")
+    labels = (recon["week"].item(), recon["mouse"].item(), recon["side"].item())
+    assert labels == (0, "851", "both")
+    np.testing.assert_array_equal(
+        recon["slice"].values, catalog.select(components="recon_ct", weeks=0).stacks[0].indices
+    )
+    np.testing.assert_allclose(np.diff(recon["x"].values), CONFIG.voxel_size * 1000)
+    dense = bxr.stack(tree, "regist_ct")
+    assert dense.dims == ("mouse", "side", "week", "slice", "y", "x")
+    assert dense.shape[:3] == (1, 2, 2) and bool(dense["present"].all())
+    np.testing.assert_array_equal(
+        dense.sel(mouse="851", side="left", week=1).values,
+        root[scan_group_path("regist_ct", "851", "left", 1)]["0"][:],
+    )
 
 
 def test_rerun_writes_nothing_and_changes_nothing(source, tmp_path):
@@ -229,3 +265,40 @@ def test_sigkill_mid_conversion_then_rerun_equals_uninterrupted(tmp_path):
         for name in ("0", "slice_index", "slice_hash"):
             np.testing.assert_array_equal(a[path][name][:], b[path][name][:])
         assert get_bonemet_attrs(a[path]) == get_bonemet_attrs(b[path])
+
+
+@pytest.mark.parametrize("damage", ["missing", "duplicate", "wrong-size", "16-bit"])
+def test_inconsistent_stacks_are_quarantined_with_the_reason(own_source, tmp_path, damage):
+    folder = own_source / "Imagery_Dataset" / "4. Regist-CT" / "851 right tibia" / "week 0"
+    files = sorted(folder.glob("*.png"), key=lambda p: naming.parse_index(p.name))
+    image = imagecodecs.png_decode(files[3].read_bytes())
+    if damage == "missing":
+        files[3].unlink()
+    elif damage == "duplicate":
+        (folder / files[3].name.replace("reg0", "reg")).write_bytes(files[3].read_bytes())
+    elif damage == "wrong-size":
+        files[3].write_bytes(imagecodecs.png_encode(np.pad(image, ((0, 1), (0, 0)))))
+    else:
+        files[3].write_bytes(imagecodecs.png_encode(image.astype(np.uint16)))
+    kind = {
+        "missing": "missing",
+        "duplicate": "index 3",
+        "wrong-size": "is 8x9",
+        "16-bit": "bit depth",
+    }
+    report = convert(own_source, str(tmp_path / "store.zarr"), components="regist_ct")
+    assert report.exit_code == 3
+    assert list(report.quarantined) == [str(folder)]
+    assert any(kind[damage] in reason for _, reason in report.quarantined[str(folder)])
+    assert len(report.converted) == 2 * CONFIG.weeks - 1
+
+
+def test_memory_store_round_trip(source):
+    from bonemet_dask.io.store import open_zarr_store
+
+    url = "memory://bonemet-test/store.zarr"
+    report = convert(source, url, components=("roi_ct", "seg_ct"))
+    assert report.exit_code == 0
+    assert verify(source, url, components=("roi_ct", "seg_ct")).ok
+    root = zarr.open_group(open_zarr_store(url), mode="r")
+    assert sorted(root.group_keys()) == ["medirec", "roi_ct", "seg_ct"]

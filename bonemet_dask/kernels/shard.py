@@ -1,0 +1,147 @@
+"""Encode one whole Zarr v3 shard (``sharding_indexed``) in a single pass: the writer's hot path.
+
+zarr-python routes every inner chunk of a shard through its async codec pipeline; for a
+64 x 2428 x 2588 CT slab that overhead costs about as much as the compression itself
+(BENCHMARKS.md).  :func:`encode_shard` produces the same bytes directly: inner chunks in Morton
+order, all-fill chunks left out (zarr's ``write_empty_chunks=False``), the index at the end as
+little-endian ``(offset, nbytes)`` uint64 pairs followed by its CRC32C.  It only handles the codec
+chains this project writes (``bytes`` + one compressor, index ``bytes`` + ``crc32c``); anything
+else is reported by :func:`shard_codec_plan` returning None so the caller falls back to zarr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import google_crc32c
+import numcodecs
+import numpy as np
+
+_EMPTY = np.uint64(2**64 - 1)
+
+
+@dataclass(frozen=True)
+class ShardCodecPlan:
+    """What :func:`encode_shard` needs to know about an array's sharding codec."""
+
+    shard_shape: tuple[int, ...]
+    chunk_shape: tuple[int, ...]
+    compress: Callable[[np.ndarray], bytes] | None
+    fill_value: Any
+    write_empty_chunks: bool
+    morton_order: tuple[tuple[int, ...], ...]
+
+
+def shard_codec_plan(array: Any) -> ShardCodecPlan | None:
+    """Inspect a zarr v3 array; return a plan when :func:`encode_shard` reproduces its codecs.
+
+    Returns None (use zarr's own writer) for anything but one ``sharding_indexed`` codec with
+    index at the end, ``bytes`` (little-endian or single-byte) plus at most one blosc or zstd
+    compressor inside, and ``bytes`` + ``crc32c`` for the index.
+    """
+    import zarr
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+    from zarr.core.indexing import morton_order_iter
+
+    codecs = getattr(array.metadata, "codecs", ())
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sharding = codecs[0]
+    if str(getattr(sharding.index_location, "value", sharding.index_location)) != "end":
+        return None
+    index = sharding.index_codecs
+    if not (
+        len(index) == 2 and isinstance(index[0], BytesCodec) and isinstance(index[1], Crc32cCodec)
+    ):
+        return None
+    inner = sharding.codecs
+    if not inner or not isinstance(inner[0], BytesCodec) or len(inner) > 2:
+        return None
+    little = inner[0].endian is None or str(getattr(inner[0].endian, "value", "")) == "little"
+    if array.dtype.itemsize > 1 and not little:
+        return None
+    compress: Callable[[np.ndarray], bytes] | None = None
+    if len(inner) == 2:
+        codec = inner[1]
+        if isinstance(codec, BloscCodec):
+            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[
+                str(getattr(codec.shuffle, "value", codec.shuffle))
+            ]
+            blosc = numcodecs.Blosc(
+                cname=str(getattr(codec.cname, "value", codec.cname)),
+                clevel=codec.clevel,
+                shuffle=shuffle,
+                blocksize=codec.blocksize,
+                typesize=codec.typesize,
+            )
+            compress = blosc.encode
+        elif isinstance(codec, ZstdCodec):
+            zstd = numcodecs.Zstd(level=codec.level, checksum=codec.checksum)
+            compress = zstd.encode
+        else:
+            return None
+    chunks_per_shard = tuple(
+        s // c for s, c in zip(array.shards, sharding.chunk_shape, strict=True)
+    )
+    return ShardCodecPlan(
+        shard_shape=tuple(array.shards),
+        chunk_shape=tuple(sharding.chunk_shape),
+        compress=compress,
+        fill_value=array.fill_value,
+        write_empty_chunks=bool(zarr.config.get("array.write_empty_chunks")),
+        morton_order=tuple(morton_order_iter(chunks_per_shard)),
+    )
+
+
+def encode_shard(block: np.ndarray, plan: ShardCodecPlan) -> bytes | None:
+    """The stored bytes of one shard holding ``block`` at its origin.
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        The shard's data; smaller than ``plan.shard_shape`` for a shard at the array's edge.
+    plan : ShardCodecPlan
+        From :func:`shard_codec_plan`.
+
+    Returns
+    -------
+    bytes or None
+        The shard object, or None when every inner chunk is fill (zarr then stores nothing).
+    """
+    chunk = plan.chunk_shape
+    if any(b > s for b, s in zip(block.shape, plan.shard_shape, strict=True)):
+        raise ValueError(f"block.shape={block.shape} exceeds the shard shape {plan.shard_shape}")
+    grid = tuple(s // c for s, c in zip(plan.shard_shape, chunk, strict=True))
+    index = np.full((*grid, 2), _EMPTY, dtype="<u8")
+    parts: list[bytes] = []
+    offset = 0
+    data = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<"))
+    for coords in plan.morton_order:
+        lo = [c * n for c, n in zip(coords, chunk, strict=True)]
+        if any(a >= b for a, b in zip(lo, data.shape, strict=True)):
+            continue  # wholly past the array's edge
+        piece = data[tuple(slice(a, a + n) for a, n in zip(lo, chunk, strict=True))]
+        if not plan.write_empty_chunks and _all_fill(piece, plan.fill_value):
+            continue
+        if piece.shape != chunk:  # an edge chunk is stored at full size, padded with fill
+            padded = np.full(chunk, plan.fill_value, dtype=data.dtype)
+            padded[tuple(slice(0, n) for n in piece.shape)] = piece
+            piece = padded
+        piece = np.ascontiguousarray(piece)
+        encoded = plan.compress(piece) if plan.compress else piece.tobytes()
+        index[coords] = (offset, len(encoded))
+        parts.append(bytes(encoded))
+        offset += len(encoded)
+    if not parts:
+        return None
+    index_bytes = index.tobytes()
+    checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
+    return b"".join([*parts, index_bytes, checksum])
+
+
+def _all_fill(piece: np.ndarray, fill_value: Any) -> bool:
+    if fill_value is None or (isinstance(fill_value, float) and np.isnan(fill_value)):
+        return False
+    return not np.any(piece != fill_value)
