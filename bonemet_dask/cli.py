@@ -195,6 +195,14 @@ def convert(
     overwrite: Annotated[
         bool, typer.Option(help="Rewrite groups made with other settings.")
     ] = False,
+    codec: Annotated[
+        str | None,
+        typer.Option(help="blosc-zstd, blosc-lz4, zstd, gzip, none (default: measured)."),
+    ] = None,
+    level: Annotated[int | None, typer.Option(help="Compression level of --codec.")] = None,
+    slices_per_shard: Annotated[
+        int | None, typer.Option(help="Slices per shard = per task (default 64 CT, 8 projections).")
+    ] = None,
     cluster: Annotated[
         str, typer.Option(help="'local', 'none' (threads here), 'slurm', 'gpu' or an address.")
     ] = "none",
@@ -204,11 +212,14 @@ def convert(
 
     Exits 3 when scans were quarantined; the report names each file and reason.
     """
+    from bonemet_dask.io.store import CODECS
     from bonemet_dask.ops.convert import ON_ERROR, ConversionError
     from bonemet_dask.ops.convert import convert as run_convert
 
     if on_error not in ON_ERROR:
         raise typer.BadParameter(f"--on-error {on_error!r} is not one of {', '.join(ON_ERROR)}")
+    if codec is not None and codec not in CODECS:
+        raise typer.BadParameter(f"--codec {codec!r} is not one of {', '.join(CODECS)}")
     with _client(cluster) as client, _progress("Converting shards") as update:
         try:
             result = run_convert(
@@ -221,6 +232,9 @@ def convert(
                 client=client,
                 on_error=on_error,
                 overwrite=overwrite,
+                codec=codec,
+                level=level,
+                slices_per_shard=slices_per_shard,
                 progress=update,
             )
         except (ConversionError, FileNotFoundError) as err:

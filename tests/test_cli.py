@@ -72,3 +72,15 @@ def test_convert_exits_3_on_quarantine(tree, tmp_path):
 
 def test_plan_missing_source_exits_1(tmp_path):
     assert CliRunner().invoke(app, ["plan", str(tmp_path / "nope")]).exit_code == 1
+
+
+def test_convert_codec_options(tree, tmp_path):
+    import zarr
+
+    store = tmp_path / "s.zarr"
+    args = ["convert", str(tree), str(store), "--components", "roi_ct", "--codec", "zstd"]
+    result = CliRunner().invoke(app, [*args, "--level", "3", "--slices-per-shard", "2"])
+    assert result.exit_code == 0, result.output
+    array = zarr.open_group(str(store), mode="r")["roi_ct/851/left/week0/0"]
+    assert array.shards[0] == 2
+    assert CliRunner().invoke(app, [*args[:-1], "lzma"]).exit_code == 2

@@ -302,3 +302,24 @@ def test_memory_store_round_trip(source):
     assert verify(source, url, components=("roi_ct", "seg_ct")).ok
     root = zarr.open_group(open_zarr_store(url), mode="r")
     assert sorted(root.group_keys()) == ["medirec", "roi_ct", "seg_ct"]
+
+
+def test_convert_on_a_dask_cluster_equals_local_threads(source, tmp_path):
+    from distributed import Client, LocalCluster
+
+    threads = tmp_path / "threads.zarr"
+    convert(source, str(threads), components=("seg_ct", "rotation_xray"))
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+    )
+    with cluster, Client(cluster) as client:
+        on_cluster = tmp_path / "cluster.zarr"
+        report = convert(
+            source, str(on_cluster), components=("seg_ct", "rotation_xray"), client=client
+        )
+        assert report.exit_code == 0
+        assert verify(source, str(on_cluster), client=client, components="seg_ct").ok
+    a, b = zarr.open_group(str(threads), mode="r"), zarr.open_group(str(on_cluster), mode="r")
+    for path in report.converted:
+        np.testing.assert_array_equal(a[path]["0"][:], b[path]["0"][:])
+        np.testing.assert_array_equal(a[path]["slice_hash"][:], b[path]["slice_hash"][:])
