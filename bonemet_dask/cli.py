@@ -83,6 +83,18 @@ def _choices(option: str, value: str | None, allowed: tuple[str, ...]) -> list[s
     return items
 
 
+def _selection(
+    mice: str | None, weeks: str | None, sides: str | None, components: str | None
+) -> dict:
+    """The common selectors, parsed and validated, as keyword arguments of select/convert/verify."""
+    return {
+        "components": _choices("--components", components, COMPONENTS),
+        "mice": _split(mice),
+        "weeks": parse_weeks(weeks),
+        "sides": _choices("--sides", sides, SIDES),
+    }
+
+
 MiceOpt = Annotated[str | None, typer.Option("--mice", help="Animal ids, comma separated.")]
 WeeksOpt = Annotated[str | None, typer.Option("--weeks", help="Weeks, e.g. 0,2-4.")]
 SidesOpt = Annotated[str | None, typer.Option("--sides", help="left, right, both.")]
@@ -159,12 +171,7 @@ def plan(
     except FileNotFoundError as err:
         err_console.print(f"[red]{err}[/red]")
         raise typer.Exit(EXIT_FAILURE) from None
-    catalog = catalog.select(
-        components=_choices("--components", components, COMPONENTS),
-        mice=_split(mice),
-        sides=_choices("--sides", sides, SIDES),
-        weeks=parse_weeks(weeks),
-    )
+    catalog = catalog.select(**_selection(mice, weeks, sides, components))
     if as_json:
         frame = catalog.to_dataframe()
         problems = [_problem_dict(p) for p in catalog.all_problems()]
@@ -225,10 +232,7 @@ def convert(
             result = run_convert(
                 src,
                 store,
-                components=_choices("--components", components, COMPONENTS),
-                mice=_split(mice),
-                weeks=parse_weeks(weeks),
-                sides=_choices("--sides", sides, SIDES),
+                **_selection(mice, weeks, sides, components),
                 client=client,
                 on_error=on_error,
                 overwrite=overwrite,
@@ -268,10 +272,7 @@ def verify(
         result = run_verify(
             src,
             store,
-            components=_choices("--components", components, COMPONENTS),
-            mice=_split(mice),
-            weeks=parse_weeks(weeks),
-            sides=_choices("--sides", sides, SIDES),
+            **_selection(mice, weeks, sides, components),
             client=client,
             progress=update,
         )

@@ -91,6 +91,7 @@ def verify(
     sides: Sequence[str] | str | None = None,
     client: Any = None,
     storage_options: dict | None = None,
+    source_storage_options: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Check that every convertible stack of ``source`` is in ``store``, slice for slice.
@@ -99,8 +100,10 @@ def verify(
 
     Parameters
     ----------
-    source, store, components, mice, weeks, sides, client, storage_options, progress
+    source, store, components, mice, weeks, sides, client, progress
         As for :func:`bonemet_dask.ops.convert.convert`.
+    storage_options, source_storage_options : dict, optional
+        fsspec options for ``store`` and ``source``.
 
     Returns
     -------
@@ -109,7 +112,11 @@ def verify(
     import zarr
 
     started = time.perf_counter()
-    catalog = source if isinstance(source, Catalog) else scan_source(source)
+    catalog = (
+        source
+        if isinstance(source, Catalog)
+        else scan_source(source, storage_options=source_storage_options)
+    )
     catalog = catalog.select(components=components, mice=mice, weeks=weeks, sides=sides)
     root = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r")
     report = VerifyReport(store=str(store))
