@@ -151,21 +151,35 @@ def synth(
 
 @app.command()
 def plan(
-    src: Annotated[str, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")],
+    src: Annotated[
+        str | None, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")
+    ] = None,
     mice: MiceOpt = None,
     weeks: WeeksOpt = None,
     sides: SidesOpt = None,
     components: ComponentsOpt = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="'full': plan the published 67.87 TB from its counts (no SRC needed)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the catalog as JSON.")] = False,
     max_problems: Annotated[int, typer.Option(help="Problems listed in the table.")] = 50,
 ) -> None:
-    """Dry run: list every stack, the totals per component and the problems found.
+    """Dry run: stacks, totals, problems, and the conversion's shards, objects and core-hours.
 
     Exits 3 when a stack has an error (it would be quarantined by ``convert``).
     """
     from bonemet_dask.io.catalog import scan_source
     from bonemet_dask.io.catalog_report import catalog_tables
+    from bonemet_dask.ops.plan import plan_catalog, plan_published
 
+    if profile is not None:
+        if profile != "full":
+            raise typer.BadParameter(f"--profile {profile!r} is not 'full'")
+        console.print(_plan_table(plan_published(), "Conversion plan: published BoneMet (Table 1)"))
+        return
+    if src is None:
+        raise typer.BadParameter("give SRC, or --profile full", param_hint="SRC")
     try:
         catalog = scan_source(src)
     except FileNotFoundError as err:
@@ -180,8 +194,42 @@ def plan(
     else:
         for table in catalog_tables(catalog, max_problems=max_problems):
             console.print(table)
+        console.print(_plan_table(plan_catalog(catalog), "Conversion plan"))
     if any(not stack.ok for stack in catalog.stacks):
         raise typer.Exit(EXIT_QUARANTINED)
+
+
+def _plan_table(plans, title: str):
+    from rich.table import Table
+
+    from bonemet_dask.ops.plan import plan_frame
+
+    frame = plan_frame(plans)
+    table = Table(title=title, title_justify="left")
+    for column in ("component", "scans", "PNG", "shards = tasks", "objects", "MB/object", "core-h"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for row in frame.itertuples():
+        table.add_row(
+            str(row.component),
+            f"{int(row.scans):,}",
+            _human_bytes(row.png_bytes),
+            f"{int(row.shards_tasks):,}",
+            f"{int(row.objects):,}",
+            f"{row.mb_per_object:.1f}",
+            f"{row.core_hours:.1f}",
+        )
+    table.caption = (
+        "core-hours at the per-core rates of BENCHMARKS.md (config bonemet.convert-rate)"
+    )
+    return table
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def _problem_dict(problem) -> dict[str, str]:

@@ -84,3 +84,15 @@ def test_convert_codec_options(tree, tmp_path):
     array = zarr.open_group(str(store), mode="r")["roi_ct/851/left/week0/0"]
     assert array.shards[0] == 2
     assert CliRunner().invoke(app, [*args[:-1], "lzma"]).exit_code == 2
+
+
+def test_plan_profile_full_sizes_the_published_dataset():
+    result = CliRunner().invoke(app, ["plan", "--profile", "full"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "67.9 TB" in result.output and "recon_ct" in result.output
+    assert CliRunner().invoke(app, ["plan"]).exit_code == 2
+
+
+def test_plan_shows_the_conversion_plan(tree):
+    result = CliRunner().invoke(app, ["plan", str(tree)], env=WIDE)
+    assert "Conversion plan" in result.output and "shards = tasks" in result.output

@@ -42,6 +42,11 @@ logger = logging.getLogger(__name__)
 LAYOUT_VERSION = STORE_LAYOUT_VERSION
 """Bumped whenever the meaning of a store's bytes changes; part of every fingerprint."""
 ON_ERROR = ("quarantine", "stop")
+SHARD_TARGET_BYTES = 256 * 2**20
+"""Decoded bytes a shard (one task) aims for: big enough that small stacks (Regist-CT, RoI-CT)
+do not multiply objects past DESIGN.md's one per 64 MB of source, small enough for a task to stay
+well inside the per-worker memory budget."""
+
 DEFAULT_CODECS = {"ct": ("blosc-zstd", 1), "projections": ("blosc-lz4", 5)}
 """Codec and level per kind of stack, chosen by benchmarks/bench_convert.py (BENCHMARKS.md):
 bit-shuffled zstd stores 8-bit CT smaller than its PNGs at 0.94x the raw decode speed; on noisy
@@ -115,6 +120,18 @@ class ShardTask:
     dtype: str
 
 
+def default_slices_per_shard(kind: str, shape: tuple[int, int, int], dtype: str) -> int:
+    """Slices per shard: a multiple of the inner chunk depth reaching ``SHARD_TARGET_BYTES``.
+
+    The depth is 64 for CT and 8 for projections.  A full-size Recon-CT shard is 64 slices
+    (402 MB decoded), a Regist-CT shard 1024 slices (281 MB), a projection shard 16 views.
+    """
+    depth = 8 if kind == "projections" else 64
+    slice_bytes = shape[1] * shape[2] * np.dtype(dtype).itemsize
+    slices = max(1, -(-SHARD_TARGET_BYTES // slice_bytes))
+    return depth * -(-slices // depth)
+
+
 def layout_for(
     stack: Stack,
     *,
@@ -131,6 +148,8 @@ def layout_for(
         raise ValueError(f"stack {stack.folder!r} has no consistent shape; it must be quarantined")
     voxel = stack.log.summary.image_pixel_size_um if stack.log is not None else None
     kind = "projections" if stack.component == "rotation_xray" else "ct"
+    if slices_per_shard is None:
+        slices_per_shard = default_slices_per_shard(kind, stack.shape, stack.dtype)
     layout = ImageLayout.default_for(
         kind,
         stack.shape,
@@ -284,7 +303,8 @@ def convert(
     overwrite : bool
         Rewrite scan groups written with other parameters instead of refusing.
     slices_per_shard : int, optional
-        Slices (projections) per shard, i.e. per task (default 64 for CT, 8 for projections).
+        Slices (projections) per shard, i.e. per task (default
+        :func:`default_slices_per_shard`).
     codec, level : str, int, optional
         Compression of the image arrays (``bonemet_dask.io.store.CODECS``); default
         :data:`DEFAULT_CODECS`.
