@@ -232,6 +232,18 @@ def check_single_writer(tasks: Sequence[ShardTask], layout: ImageLayout) -> None
         owner[task.shard] = task
 
 
+def selected_catalog(
+    source: str | os.PathLike | Catalog, storage_options: dict | None, **selection: Any
+) -> Catalog:
+    """The catalog of ``source`` (scanned unless it already is one), restricted to a selection."""
+    catalog = (
+        source
+        if isinstance(source, Catalog)
+        else scan_source(source, storage_options=storage_options)
+    )
+    return catalog.select(**selection)
+
+
 def read_files(fs: Any, paths: Sequence[str]) -> list[bytes]:
     """The bytes of several files, fetched concurrently where the filesystem can (object stores)."""
     blobs = fs.cat(list(paths), on_error="raise")
@@ -330,12 +342,9 @@ def convert(
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r} is not one of {', '.join(map(repr, ON_ERROR))}")
     started = time.perf_counter()
-    catalog = (
-        source
-        if isinstance(source, Catalog)
-        else scan_source(source, storage_options=source_storage_options)
+    catalog = selected_catalog(
+        source, source_storage_options, components=components, mice=mice, weeks=weeks, sides=sides
     )
-    catalog = catalog.select(components=components, mice=mice, weeks=weeks, sides=sides)
     report = ConversionReport(store=str(store))
     options = {"slices_per_shard": slices_per_shard, "codec": codec, "level": level}
     bad = [s for s in catalog.stacks if not s.ok]

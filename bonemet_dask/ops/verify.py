@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bonemet_dask.io.catalog import Catalog, scan_source
+from bonemet_dask.io.catalog import Catalog
 from bonemet_dask.io.store import (
     ImageLayout,
     get_bonemet_attrs,
@@ -25,7 +25,7 @@ from bonemet_dask.io.store import (
     scan_group_path,
 )
 from bonemet_dask.kernels.slab import SlabDecodeError, decode_slab, slab_digests
-from bonemet_dask.ops.convert import ShardTask, read_files, shard_tasks
+from bonemet_dask.ops.convert import ShardTask, read_files, selected_catalog, shard_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +112,9 @@ def verify(
     import zarr
 
     started = time.perf_counter()
-    catalog = (
-        source
-        if isinstance(source, Catalog)
-        else scan_source(source, storage_options=source_storage_options)
+    catalog = selected_catalog(
+        source, source_storage_options, components=components, mice=mice, weeks=weeks, sides=sides
     )
-    catalog = catalog.select(components=components, mice=mice, weeks=weeks, sides=sides)
     root = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r")
     report = VerifyReport(store=str(store))
     tasks: list[ShardTask] = []
