@@ -16,9 +16,16 @@ Conventions (used by the synthetic generator, reconstruction and every test):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from bonemet_dask.io.skyscan_log import SkyScanLog
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,66 @@ class ConeGeometry:
                 f"pixels of {self.detector_pixel} mm"
             )
         object.__setattr__(self, "angles_deg", np.asarray(self.angles_deg, dtype=np.float64))
+
+    @classmethod
+    def from_skyscan_log(
+        cls,
+        log: SkyScanLog,
+        *,
+        n_projections: int | None = None,
+        n_rows: int | None = None,
+        n_cols: int | None = None,
+    ) -> ConeGeometry:
+        """The geometry a SkyScan acquisition ``.log`` describes.
+
+        Uses ``Object to Source (mm)``, ``Camera to Source (mm)``, ``Camera Pixel Size (um)``
+        times ``Camera binning``, ``Number of Rows/Columns``, ``Number of Files``, ``Rotation Step
+        (deg)`` (angles ``i * step`` from 0), ``Optical Axis (line)`` and ``Postalignment`` (column
+        offset of the rotation axis, pixels).  ``n_*`` override the counts (e.g. from the PNG
+        headers when the log lacks them).
+
+        Raises
+        ------
+        ValueError
+            Naming each key the log lacks and that no argument supplied.
+        """
+        summary = log.summary
+        binning = summary.camera_binning or (1, 1)
+        values = {
+            "Object to Source (mm)": summary.object_to_source_mm,
+            "Camera to Source (mm)": summary.camera_to_source_mm,
+            "Camera Pixel Size (um)": summary.camera_pixel_size_um,
+            "Rotation Step (deg)": summary.rotation_step_deg,
+            "Number of Files": n_projections or summary.number_of_files,
+            "Number of Rows": n_rows or summary.number_of_rows,
+            "Number of Columns": n_cols or summary.number_of_columns,
+        }
+        missing = [key for key, value in values.items() if not value]
+        if missing:
+            raise ValueError(
+                f"the .log lacks {', '.join(missing)}; pass the counts as arguments or build a "
+                "ConeGeometry(...) by hand"
+            )
+        geometry = cls(
+            source_to_object=float(values["Object to Source (mm)"]),
+            source_to_detector=float(values["Camera to Source (mm)"]),
+            detector_pixel=float(values["Camera Pixel Size (um)"]) * binning[0] / 1000,
+            n_rows=int(values["Number of Rows"]),
+            n_cols=int(values["Number of Columns"]),
+            angles_deg=np.arange(int(values["Number of Files"]))
+            * float(values["Rotation Step (deg)"]),
+            cor_offset=float(summary.postalignment or 0.0),
+            optical_axis_row=summary.optical_axis_line,
+        )
+        stated = summary.image_pixel_size_um
+        if stated and abs(geometry.voxel_size * 1000 / stated - 1) > 0.01:
+            logger.warning(
+                "the .log states Image Pixel Size %.4f um but its distances and camera pixel give "
+                "%.4f um; using the distances",
+                stated,
+                geometry.voxel_size * 1000,
+            )
+        return geometry
 
     @property
     def magnification(self) -> float:

@@ -114,6 +114,7 @@ class SynthConfig:
             n_rows=rows,
             n_cols=cols,
             angles_deg=np.arange(N_PROJECTIONS) * ROTATION_STEP_DEG,
+            optical_axis_row=float(rows // 2),  # an integer row, as SkyScan logs state it
         )
 
     @property

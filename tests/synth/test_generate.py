@@ -267,3 +267,22 @@ def test_naming_variants_parse_to_the_same_scans(tmp_path):
         for w in (0, 1)
     } | {("rotation_xray", m, "both", w) for m in ("851", "852", "853") for w in (0, 1)}
     assert keys == expected
+
+
+def test_geometry_from_the_acquisition_log(tree):
+    from bonemet_dask.geometry import ConeGeometry
+
+    out, _ = tree
+    raw = (
+        out / "Imagery_Dataset" / "1. Rotation-X-ray" / "851" / "week 0" / "851.log"
+    ).read_bytes()
+    geometry = ConeGeometry.from_skyscan_log(parse_skyscan_log(raw))
+    expected = CONFIG.geometry()
+    assert geometry.source_to_object == expected.source_to_object
+    assert geometry.source_to_detector == expected.source_to_detector
+    assert geometry.detector_pixel == pytest.approx(expected.detector_pixel)
+    assert (geometry.n_rows, geometry.n_cols) == (expected.n_rows, expected.n_cols)
+    np.testing.assert_allclose(geometry.angles_deg, expected.angles_deg)
+    assert geometry.centre_row == expected.centre_row
+    with pytest.raises(ValueError, match="Object to Source"):
+        ConeGeometry.from_skyscan_log(parse_skyscan_log(b"[System]\r\nScanner=x\r\n"))

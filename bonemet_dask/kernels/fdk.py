@@ -1,0 +1,598 @@
+"""Cone-beam FDK (Feldkamp-Davis-Kress) kernels: filter one block of projections, backproject it.
+
+Pure numpy/numba and Dask-free: each function works on one block.  Conventions (world mm, rotation
+axis ``z``, detector row 0 at the top, volume ``(slice, y, x)`` with slice 0 at the top) are those
+of :mod:`bonemet_dask.geometry`.
+
+The reconstruction is the discretised FDK formula, as in astra-toolbox ``cuda/3d/fdk.cu`` and RTK:
+
+.. math::
+
+    f(\\mathbf{x}) = \\sum_{\\beta} \\Delta\\beta \\, w(\\beta, \\gamma)
+        \\Big(\\frac{D}{U}\\Big)^2 \\, \\big(h * \\tfrac{D}{\\sqrt{D^2 + u^2 + v^2}} \\, p\\big)(u, v)
+
+with ``D`` the source to axis distance, ``(u, v)`` detector coordinates scaled to the isocentre,
+``U`` the voxel's depth along the central ray, ``h`` the ramp (``|omega|``, cycles per mm) and
+``w`` the redundancy weight: 0.5 for a full 360-degree scan, Parker's for a short scan (weights of
+each redundant ray pair sum to one).  :func:`preweight_and_filter` applies everything but the
+distance weight and the sum; :func:`backproject` adds those.  With line integrals of attenuation in
+1/mm times mm the result is attenuation in 1/mm.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numba as nb
+import numpy as np
+
+from bonemet_dask.geometry import ConeGeometry, VolumeGrid
+
+WINDOWS = ("ramlak", "shepp-logan", "cosine", "hamming", "hann")
+"""Ramp filter windows accepted by :func:`ramp_filter` (NRecon's default is Hamming 0.54)."""
+
+
+# --------------------------------------------------------------------------------------------
+# ramp filter and redundancy weights
+# --------------------------------------------------------------------------------------------
+
+
+def _check_window(window: str) -> None:
+    if window not in WINDOWS:
+        raise ValueError(f"window={window!r} is not one of {', '.join(map(repr, WINDOWS))}")
+
+
+def _padded_length(n_cols: int, pad_to: int | None) -> int:
+    if n_cols < 1:
+        raise ValueError(f"n_cols={n_cols} must be >= 1")
+    if pad_to is None:
+        return 1 << int(math.ceil(math.log2(max(2 * n_cols, 2))))
+    if pad_to < n_cols:
+        raise ValueError(f"pad_to={pad_to} must be >= n_cols={n_cols} (or None for the default)")
+    return int(pad_to)
+
+
+def ramp_filter(n_cols: int, *, window: str = "hamming", pad_to: int | None = None) -> np.ndarray:
+    """Frequency response of the windowed discrete ramp for rows of ``n_cols`` detector pixels.
+
+    Parameters
+    ----------
+    n_cols : int
+        Samples per detector row.
+    window : {"ramlak", "shepp-logan", "cosine", "hamming", "hann"}, optional
+        Apodisation of the ramp, with ``omega`` in ``[0, pi]`` at Nyquist: none, ``sinc(omega/2)``,
+        ``cos(omega/2)``, ``0.54 + 0.46 cos(omega)`` (NRecon's default), ``(1 + cos(omega)) / 2``.
+    pad_to : int or None, optional
+        FFT length; None (default) is the next power of two ``>= 2 * n_cols`` (zero padding
+        against wrap-around, as ASTRA does).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(pad,)``: the response at FFT frequencies ``k / pad`` (cycles per sample), real
+        and symmetric; ``[: pad // 2 + 1]`` is what ``numpy.fft.rfft`` needs.
+
+    Notes
+    -----
+    Built as ASTRA (``src/Filters.cpp``) and RTK do: the band-limited spatial ramp
+    ``h[0] = 1/4``, ``h[n] = 0`` for even ``n``, ``h[n] = -1 / (pi n)^2`` for odd ``n`` (unit
+    sample spacing), circularly wrapped to the FFT length, then FFT'd.  Unlike sampling
+    ``|f|`` directly this has no DC bias (``H[0] > 0``, equal to the missing low-frequency mass).
+    Convolving with it and dividing by the sample spacing (mm) approximates the continuous ramp.
+    """
+    _check_window(window)
+    pad = _padded_length(n_cols, pad_to)
+    n = np.arange(pad)
+    n = np.minimum(n, pad - n)  # circular distance
+    h = np.zeros(pad)
+    h[0] = 0.25
+    odd = n % 2 == 1
+    h[odd] = -1.0 / (np.pi * n[odd]) ** 2
+    response = np.real(np.fft.fft(h))
+    freq = np.abs(np.fft.fftfreq(pad))  # cycles per sample, 0 .. 0.5
+    omega = 2 * np.pi * freq  # 0 .. pi
+    if window == "shepp-logan":
+        response *= np.sinc(freq)  # sin(omega/2) / (omega/2)
+    elif window == "cosine":
+        response *= np.cos(omega / 2)
+    elif window == "hamming":
+        response *= 0.54 + 0.46 * np.cos(omega)
+    elif window == "hann":
+        response *= 0.5 * (1 + np.cos(omega))
+    return response
+
+
+def _scan_range(angles_deg: np.ndarray) -> tuple[float, float]:
+    """Span (first to last, degrees, >= 0) and mean step of a scan's angles."""
+    if angles_deg.size < 2:
+        raise ValueError(f"need at least 2 projection angles, got {angles_deg.size}")
+    span = abs(float(angles_deg[-1] - angles_deg[0]))
+    return span, span / (angles_deg.size - 1)
+
+
+def is_full_scan(angles_deg: np.ndarray, *, scan_range_deg: float | None = None) -> bool:
+    """Whether angles cover a full turn (``range >= 360 - step``), so no Parker weights are needed."""
+    angles = np.asarray(angles_deg, np.float64)
+    span, step = _scan_range(angles)
+    scan_range = span if scan_range_deg is None else float(scan_range_deg)
+    return scan_range >= 360.0 - step - 1e-6
+
+
+def parker_weights(
+    angles_deg: np.ndarray, fan_angles_rad: np.ndarray, *, scan_range_deg: float | None = None
+) -> np.ndarray:
+    """Redundancy weights ``w(beta, gamma)`` per (projection, detector column), float64.
+
+    Parameters
+    ----------
+    angles_deg : numpy.ndarray
+        Gantry angles of the whole scan in acquisition order, degrees (increasing or decreasing).
+    fan_angles_rad : numpy.ndarray
+        Fan angle ``gamma`` of each detector column, radians, positive towards increasing column
+        index (``atan(u / SDD)``).
+    scan_range_deg : float or None, optional
+        The scan's angular range; None uses ``|last - first|``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_angles, n_cols)`` weights.  A full scan (``range >= 360 - step``) needs no Parker
+        weighting: every ray is measured twice and the weight is 0.5 everywhere.  A short scan
+        gets generalised Parker weights whose ray pairs sum to one.
+
+    Notes
+    -----
+    With ``beta`` the angle from the scan start (radians, in the direction of rotation) and
+    ``delta = (range - pi) / 2`` (RTK's generalised Parker, which spreads the taper over all the
+    overscan rather than just the fan), Parker's weights are
+    ``sin^2(pi/4 * beta / (delta - g))`` for ``0 <= beta <= 2 delta - 2 g``, 1 up to ``pi - 2 g``,
+    ``sin^2(pi/4 * (pi + 2 delta - beta) / (delta + g))`` up to ``pi + 2 delta`` and 0 beyond.
+    In this package's geometry the ray ``(beta, gamma)`` is redundant with
+    ``(beta + pi - 2 gamma, -gamma)`` for increasing angles, so Parker's ``g`` is ``-gamma``
+    (and ``+gamma`` when the angles decrease).  Rays with ``|gamma| > delta`` (fan wider than the
+    overscan allows) cannot be weighted exactly; a warning is issued and they get the nearest
+    admissible weight.
+    """
+    angles = np.asarray(angles_deg, np.float64)
+    gamma = np.asarray(fan_angles_rad, np.float64)
+    if angles.ndim != 1 or gamma.ndim != 1:
+        raise ValueError(
+            f"angles_deg and fan_angles_rad must be 1-D, got shapes {angles.shape}, {gamma.shape}"
+        )
+    if is_full_scan(angles, scan_range_deg=scan_range_deg):
+        return np.full((angles.size, gamma.size), 0.5)
+    span, _ = _scan_range(angles)
+    scan_range = np.deg2rad(span if scan_range_deg is None else float(scan_range_deg))
+    if scan_range < np.pi:
+        raise ValueError(
+            f"scan range {np.rad2deg(scan_range):.2f} deg is below 180 deg: no short-scan "
+            "weighting can complete the data; use a scan of at least 180 deg plus the fan angle"
+        )
+    delta = (scan_range - np.pi) / 2
+    direction = 1.0 if angles[-1] >= angles[0] else -1.0
+    g = -direction * gamma[None, :]
+    if np.abs(gamma).max(initial=0.0) > delta + 1e-12:
+        warnings.warn(
+            f"short scan overscan delta={np.rad2deg(delta):.2f} deg is smaller than the half fan "
+            f"angle {np.rad2deg(np.abs(gamma).max()):.2f} deg: Parker weights are inexact for the "
+            "outer columns (crop the detector or scan 180 deg plus the full fan)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    beta = direction * np.deg2rad(angles - angles[0])[:, None]
+    tiny = 1e-12
+    w = np.zeros((angles.size, gamma.size))
+    rise_end = 2 * delta - 2 * g
+    fall_start = np.pi - 2 * g
+    rise = (beta >= 0) & (beta < rise_end)
+    flat = (beta >= np.maximum(rise_end, 0)) & (beta <= fall_start)
+    fall = (beta > fall_start) & (beta <= np.pi + 2 * delta)
+    rise_val = np.sin(np.pi / 4 * beta / np.maximum(delta - g, tiny)) ** 2
+    fall_val = np.sin(np.pi / 4 * (np.pi + 2 * delta - beta) / np.maximum(delta + g, tiny)) ** 2
+    w = np.where(rise, rise_val, w)
+    w = np.where(flat, 1.0, w)
+    w = np.where(fall, fall_val, w)
+    return np.clip(w, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# pre-weighting and filtering
+# --------------------------------------------------------------------------------------------
+
+
+def _check_indices(geometry: ConeGeometry, angle_indices, n_block: int) -> np.ndarray:
+    idx = np.asarray(angle_indices, dtype=np.int64).reshape(-1)
+    if idx.size != n_block:
+        raise ValueError(
+            f"angle_indices has {idx.size} entries but the block has {n_block} projections; "
+            "pass one index into geometry.angles_deg per projection"
+        )
+    n = geometry.angles_deg.size
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"angle_indices must lie in 0..{n - 1}, got {idx.min()}..{idx.max()}")
+    return idx
+
+
+def fan_angles(geometry: ConeGeometry) -> np.ndarray:
+    """Fan angle ``gamma`` of each detector column centre, radians (positive to higher columns)."""
+    u = (np.arange(geometry.n_cols) - geometry.centre_col) * geometry.detector_pixel
+    return np.arctan(u / geometry.source_to_detector)
+
+
+def preweight_and_filter(
+    line_integrals: np.ndarray,
+    geometry: ConeGeometry,
+    angle_indices: np.ndarray,
+    *,
+    window: str = "hamming",
+    short_scan: bool = True,
+    row_offset: int = 0,
+) -> np.ndarray:
+    """Cosine pre-weight, redundancy weight and ramp-filter a block of projections.
+
+    Parameters
+    ----------
+    line_integrals : numpy.ndarray
+        ``(n_block, rows, cols)`` line integrals of attenuation (``-log(I / I0)``), row 0 at the top.
+    geometry : ConeGeometry
+        The scan; ``cols`` must equal ``geometry.n_cols``.
+    angle_indices : numpy.ndarray
+        Index into ``geometry.angles_deg`` of each projection of the block.
+    window : {"ramlak", "shepp-logan", "cosine", "hamming", "hann"}, optional
+        Ramp window (see :func:`ramp_filter`).
+    short_scan : bool, optional
+        Apply Parker weights when the scan spans less than a full turn (default).  Without them a
+        short scan is weighted 0.5 as if it were a full one (wrong; for comparisons only).
+    row_offset : int, optional
+        Detector row of the block's first row, when the block holds a window of rows.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n_block, rows, cols)``, C-contiguous: filtered projections scaled so that
+        :func:`backproject` summed over all projections gives attenuation in 1/mm.
+
+    Notes
+    -----
+    Scale: ``delta_beta / tau`` with ``delta_beta`` the angular step (radians) and ``tau`` the
+    detector pitch at the isocentre (mm); the redundancy weight (0.5 for 360 degrees) supplies the
+    rest, so a full scan of ``P`` views has ``pi / P`` per view, as in ASTRA and RTK.
+    """
+    _check_window(window)
+    p = np.asarray(line_integrals)
+    if p.ndim != 3 or p.shape[2] != geometry.n_cols:
+        raise ValueError(
+            f"line_integrals must be (n_block, rows, {geometry.n_cols}), got shape {p.shape}"
+        )
+    n_block, rows, cols = p.shape
+    if row_offset < 0 or row_offset + rows > geometry.n_rows:
+        raise ValueError(
+            f"rows {row_offset}:{row_offset + rows} exceed the detector's {geometry.n_rows} rows; "
+            "check row_offset"
+        )
+    idx = _check_indices(geometry, angle_indices, n_block)
+    D = geometry.source_to_object
+    tau = geometry.voxel_size  # detector pitch at the isocentre, mm
+    u = (np.arange(cols) - geometry.centre_col) * tau
+    v = (np.arange(row_offset, row_offset + rows) - geometry.centre_row) * tau
+    cosine = (D / np.sqrt(D**2 + u[None, :] ** 2 + v[:, None] ** 2)).astype(np.float32)
+
+    angles = geometry.angles_deg
+    _, step_deg = _scan_range(angles)
+    if short_scan:
+        redundancy = parker_weights(angles, fan_angles(geometry))[idx]
+    else:
+        redundancy = np.full((idx.size, cols), 0.5)
+    scale = np.deg2rad(step_deg) / tau
+    weight = (redundancy * scale).astype(np.float32)  # (n_block, cols)
+
+    pad = _padded_length(cols, None)
+    response = ramp_filter(cols, window=window, pad_to=pad)[: pad // 2 + 1]
+    out = np.empty((n_block, rows, cols), np.float32)
+    for b in range(n_block):
+        weighted = p[b].astype(np.float32) * cosine * weight[b][None, :]
+        spectrum = np.fft.rfft(weighted, n=pad, axis=-1)
+        spectrum *= response
+        out[b] = np.fft.irfft(spectrum, n=pad, axis=-1)[:, :cols]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# backprojection
+# --------------------------------------------------------------------------------------------
+
+
+def projection_matrices(
+    geometry: ConeGeometry, angle_indices: np.ndarray, grid: VolumeGrid
+) -> np.ndarray:
+    """Index-space projection matrices, float64 ``(n, 3, 4)``, one per projection.
+
+    Row 0 and 1 map homogeneous voxel indices ``(k, i, j, 1)`` (slice, y, x) to ``col * w`` and
+    ``row * w``, row 2 to ``w = U / D`` (depth along the central ray over the source to axis
+    distance), so the FDK distance weight is ``1 / w**2``.
+    """
+    D = geometry.source_to_object
+    grid_map = np.zeros((4, 4))
+    grid_map[:3, :3] = grid.steps.T
+    grid_map[:3, 3] = grid.origin
+    grid_map[3, 3] = 1.0
+    out = np.empty((len(angle_indices), 3, 4))
+    for n, a in enumerate(np.asarray(angle_indices, np.int64)):
+        s, o, cs, rs = geometry.view_frame(float(geometry.angles_deg[a]))
+        normal = np.cross(cs, rs)
+        normal /= np.linalg.norm(normal)
+        if (o - s) @ normal < 0:
+            normal = -normal
+        dist = (o - s) @ normal  # source to detector plane
+        den = np.append(normal, -normal @ s)
+        col = ((s - o) @ cs) * den + dist * np.append(cs, -cs @ s)
+        row = ((s - o) @ rs) * den + dist * np.append(rs, -rs @ s)
+        mat = np.stack([col / (cs @ cs), row / (rs @ rs), den]) / D
+        out[n] = mat @ grid_map
+    return out
+
+
+def _fov_radius(geometry: ConeGeometry) -> float:
+    """Radius (mm) of the cylinder about the axis seen by every projection's detector columns."""
+    half = min(geometry.centre_col, geometry.n_cols - 1 - geometry.centre_col) + 0.5
+    gamma = np.arctan(max(half, 0.0) * geometry.detector_pixel / geometry.source_to_detector)
+    return float(geometry.source_to_object * np.sin(gamma))
+
+
+@nb.njit(cache=True, parallel=True, fastmath=True)
+def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover - numba
+    """Accumulate ``proj_t`` (n, cols, rows window) into ``out`` (slice, y, x), float32."""
+    n_proj, n_cols, n_rows = proj_t.shape
+    nz, ny, nx = out.shape
+    for i in nb.prange(ny):
+        acc = np.zeros(nz, np.float32)
+        for j in range(nx):
+            if xs[j] * xs[j] + ys[i] * ys[i] > r_fov2:
+                continue
+            acc[:] = 0.0
+            for p in range(n_proj):
+                m = mats[p]
+                w = m[2, 1] * i + m[2, 2] * j + m[2, 3]
+                inv_w = 1.0 / w
+                col = (m[0, 1] * i + m[0, 2] * j + m[0, 3]) * inv_w
+                if col <= -1.0 or col >= n_cols:
+                    continue
+                ic = int(math.floor(col))
+                fc = col - ic
+                wc0 = 1.0 - fc
+                wc1 = fc
+                c0 = ic
+                c1 = ic + 1
+                if c0 < 0:
+                    c0 = 0
+                    wc0 = 0.0
+                if c1 > n_cols - 1:
+                    c1 = n_cols - 1
+                    wc1 = 0.0
+                dist_w = inv_w * inv_w
+                wc0 *= dist_w
+                wc1 *= dist_w
+                r0 = (m[1, 1] * i + m[1, 2] * j + m[1, 3]) * inv_w
+                dr = m[1, 0] * inv_w  # rows per slice (> 0: slices go down, rows go down)
+                if dr <= 0.0:
+                    continue
+                # main range: 0 <= row < n_rows - 1, both bilinear rows inside the window
+                k_lo = int(math.ceil(-r0 / dr))
+                k_hi = int(math.ceil((n_rows - 1 - r0) / dr))
+                k_lo = min(max(k_lo, 0), nz)
+                k_hi = min(max(k_hi, k_lo), nz)
+                while k_lo < k_hi and r0 + k_lo * dr < 0.0:
+                    k_lo += 1
+                while k_hi > k_lo and r0 + (k_hi - 1) * dr >= n_rows - 1:
+                    k_hi -= 1
+                pc0 = proj_t[p, c0]
+                pc1 = proj_t[p, c1]
+                for k in range(k_lo, k_hi):
+                    row = r0 + k * dr
+                    ir = int(row)
+                    fr = np.float32(row - ir)
+                    a = wc0 * pc0[ir] + wc1 * pc1[ir]
+                    b = wc0 * pc0[ir + 1] + wc1 * pc1[ir + 1]
+                    acc[k] += a + fr * (b - a)
+                # edges: one bilinear row inside the window, the other (outside) counts as zero
+                span = int(1.0 / dr) + 2
+                for k in range(max(k_lo - span, 0), k_lo):
+                    row = r0 + k * dr
+                    if -1.0 < row < 0.0:
+                        fr = np.float32(row + 1.0)
+                        acc[k] += fr * (wc0 * pc0[0] + wc1 * pc1[0])
+                for k in range(k_hi, min(k_hi + span, nz)):
+                    row = r0 + k * dr
+                    if n_rows - 1 <= row < n_rows:
+                        ir = n_rows - 1
+                        fr = np.float32(row - ir)
+                        acc[k] += (1.0 - fr) * (wc0 * pc0[ir] + wc1 * pc1[ir])
+            for k in range(nz):
+                out[k, i, j] += acc[k]
+
+
+def backproject(
+    filtered: np.ndarray,
+    geometry: ConeGeometry,
+    angle_indices: np.ndarray,
+    grid: VolumeGrid,
+    *,
+    row_offset: int = 0,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Voxel-driven cone-beam backprojection of filtered projections into ``(slice, y, x)``.
+
+    Parameters
+    ----------
+    filtered : numpy.ndarray
+        ``(n_block, rows, cols)`` output of :func:`preweight_and_filter`; may hold only detector
+        rows ``row_offset : row_offset + rows`` (rows outside contribute zero).
+    geometry : ConeGeometry
+        The scan.
+    angle_indices : numpy.ndarray
+        Index into ``geometry.angles_deg`` of each projection of the block.
+    grid : VolumeGrid
+        The voxels to reconstruct (a whole volume or a z-slab of one).
+    row_offset : int, optional
+        Detector row of ``filtered``'s first row.
+    out : numpy.ndarray or None, optional
+        float32 C-contiguous ``grid.shape`` array to accumulate into (partial sums over projection
+        blocks add up); None starts from zeros.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out``: float32 ``(slice, y, x)``, attenuation in 1/mm once every projection is summed.
+
+    Notes
+    -----
+    For each projection and voxel column ``(y, x)`` the detector column, the distance weight
+    ``(D / U)**2`` and the row step are computed once; the slices are swept innermost, the row
+    coordinate being linear in ``z``.  Bilinear interpolation treats samples outside the detector
+    (or outside the row window) as zero.  Voxels outside the field-of-view cylinder (the radius
+    every projection's detector covers) are skipped and stay as they were.
+    """
+    f = np.asarray(filtered)
+    if f.ndim != 3 or f.shape[2] != geometry.n_cols:
+        raise ValueError(
+            f"filtered must be (n_block, rows, {geometry.n_cols}), got shape {f.shape}"
+        )
+    if row_offset < 0 or row_offset + f.shape[1] > geometry.n_rows:
+        raise ValueError(
+            f"rows {row_offset}:{row_offset + f.shape[1]} exceed the detector's "
+            f"{geometry.n_rows} rows; check row_offset"
+        )
+    idx = _check_indices(geometry, angle_indices, f.shape[0])
+    if out is None:
+        out = np.zeros(grid.shape, np.float32)
+    elif out.shape != grid.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out must be a C-contiguous float32 array of grid.shape {grid.shape}, got "
+            f"{out.dtype} {out.shape}; pass None to allocate one"
+        )
+    if f.shape[0] == 0 or f.shape[1] == 0:
+        return out
+    mats = projection_matrices(geometry, idx, grid)
+    if np.abs(mats[:, 2, 0]).max() > 1e-9 or np.abs(mats[:, 0, 0]).max() > 1e-9:
+        raise ValueError(
+            "the grid's slice axis must be parallel to the rotation axis (z); got a tilted grid"
+        )
+    mats[:, 1, 3] -= row_offset * mats[:, 2, 3]  # rows relative to the window
+    mats[:, 1, :3] -= row_offset * mats[:, 2, :3]
+    proj_t = np.ascontiguousarray(f.transpose(0, 2, 1), dtype=np.float32)  # rows contiguous
+    origin = grid.origin
+    h = grid.voxel_size
+    xs = origin[0] + h * np.arange(grid.shape[2])
+    ys = origin[1] + h * np.arange(grid.shape[1])
+    r_fov = _fov_radius(geometry)
+    _backproject_kernel(proj_t, mats, xs, ys, r_fov * r_fov, out)
+    return out
+
+
+def row_window(geometry: ConeGeometry, grid: VolumeGrid) -> tuple[int, int]:
+    """Detector rows ``[start, stop)`` that any voxel of ``grid`` can project to, over all angles.
+
+    Conservative: it takes the slab's ``z`` extent and the radial extent of its voxels (within the
+    field-of-view cylinder, outside which :func:`backproject` skips voxels) at every depth, widens
+    the result by one row on each side for bilinear interpolation and rounding, and clips it to
+    the detector.  An empty window is returned as ``(start, start)``.
+    """
+    nz, ny, nx = grid.shape
+    origin, h = grid.origin, grid.voxel_size
+    xs = origin[0] + h * np.array([0, nx - 1])
+    ys = origin[1] + h * np.array([0, ny - 1])
+    r_grid = float(np.sqrt(np.abs(xs).max() ** 2 + np.abs(ys).max() ** 2))
+    r = min(r_grid, _fov_radius(geometry))
+    D = geometry.source_to_object
+    z = np.array([origin[2], origin[2] - h * (nz - 1)])
+    depth = np.array([D - r, D + r])
+    rows = geometry.centre_row - geometry.magnification * D * z[:, None] / (
+        depth[None, :] * geometry.voxel_size
+    )
+    start = int(np.floor(rows.min())) - 1
+    stop = int(np.floor(rows.max())) + 3
+    start = min(max(start, 0), geometry.n_rows)
+    stop = min(max(stop, start), geometry.n_rows)
+    return start, stop
+
+
+# --------------------------------------------------------------------------------------------
+# parallel-beam slice FBP
+# --------------------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True, parallel=True, fastmath=True)
+def _parallel_bp_kernel(filtered, cos_t, sin_t, center, out):  # pragma: no cover - numba
+    n_ang, n_det = filtered.shape
+    n = out.shape[0]
+    c_img = (n - 1) / 2.0
+    for i in nb.prange(n):
+        y = i - c_img
+        for a in range(n_ang):
+            ca = cos_t[a]
+            sa = sin_t[a]
+            row = filtered[a]
+            base = y * sa + center
+            for j in range(n):
+                s = (j - c_img) * ca + base
+                if s <= -1.0 or s >= n_det:
+                    continue
+                i0 = int(math.floor(s))
+                fs = s - i0
+                v0 = row[i0] if i0 >= 0 else 0.0
+                v1 = row[i0 + 1] if i0 + 1 < n_det else 0.0
+                out[i, j] += v0 + fs * (v1 - v0)
+
+
+def fbp_parallel_slice(
+    sinogram: np.ndarray,
+    angles_deg: np.ndarray,
+    *,
+    window: str = "ramlak",
+    center: float | None = None,
+) -> np.ndarray:
+    """Parallel-beam filtered backprojection of one sinogram ``(angles, detector)`` to a slice.
+
+    Parameters
+    ----------
+    sinogram : numpy.ndarray
+        ``(n_angles, n_det)`` line integrals, detector pixel = output pixel.
+    angles_deg : numpy.ndarray
+        Projection angles, degrees, uniformly covering 180 or 360 degrees.
+    window : {"ramlak", "shepp-logan", "cosine", "hamming", "hann"}, optional
+        Ramp window.
+    center : float or None, optional
+        Detector position of the rotation axis, pixels; None is ``(n_det - 1) / 2``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n_det, n_det)`` slice ``(y, x)`` in 1/pixel, rotation axis at the centre
+        ``((n_det - 1) / 2, (n_det - 1) / 2)``.
+
+    Notes
+    -----
+    Same conventions as the cone geometry's central slice: at angle ``theta`` the detector
+    coordinate of a point is ``s = x cos(theta) + y sin(theta)``, with ``x`` along columns and
+    ``y`` along rows.  scikit-image's ``iradon`` uses ``s = x cos(theta) - y sin(theta)``, so
+    ``iradon(sinogram.T, theta=-angles_deg)`` matches this function.  Each view is weighted
+    ``pi / n_angles`` (right for uniform 180 and 360 degree scans alike).
+    """
+    _check_window(window)
+    sino = np.asarray(sinogram, np.float64)
+    angles = np.asarray(angles_deg, np.float64).reshape(-1)
+    if sino.ndim != 2 or sino.shape[0] != angles.size:
+        raise ValueError(
+            f"sinogram must be (n_angles={angles.size}, n_det), got shape {sino.shape}"
+        )
+    n_ang, n_det = sino.shape
+    pad = _padded_length(n_det, None)
+    response = ramp_filter(n_det, window=window, pad_to=pad)[: pad // 2 + 1]
+    filtered = np.fft.irfft(np.fft.rfft(sino, n=pad, axis=-1) * response, n=pad, axis=-1)
+    filtered = np.ascontiguousarray(filtered[:, :n_det] * (np.pi / n_ang), dtype=np.float32)
+    centre = (n_det - 1) / 2 if center is None else float(center)
+    theta = np.deg2rad(angles)
+    out = np.zeros((n_det, n_det), np.float32)
+    _parallel_bp_kernel(filtered, np.cos(theta), np.sin(theta), centre, out)
+    return out
