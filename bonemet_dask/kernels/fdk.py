@@ -6,10 +6,8 @@ of :mod:`bonemet_dask.geometry`.
 
 The reconstruction is the discretised FDK formula, as in astra-toolbox ``cuda/3d/fdk.cu`` and RTK:
 
-.. math::
-
-    f(\\mathbf{x}) = \\sum_{\\beta} \\Delta\\beta \\, w(\\beta, \\gamma)
-        \\Big(\\frac{D}{U}\\Big)^2 \\, \\big(h * \\tfrac{D}{\\sqrt{D^2 + u^2 + v^2}} \\, p\\big)(u, v)
+    f(x) = sum over views beta of  dbeta * w(beta, gamma) * (D / U)**2
+           * [h * (D / sqrt(D**2 + u**2 + v**2) * p)](u, v)
 
 with ``D`` the source to axis distance, ``(u, v)`` detector coordinates scaled to the isocentre,
 ``U`` the voxel's depth along the central ray, ``h`` the ramp (``|omega|``, cycles per mm) and
@@ -47,7 +45,7 @@ def _padded_length(n_cols: int, pad_to: int | None) -> int:
     if n_cols < 1:
         raise ValueError(f"n_cols={n_cols} must be >= 1")
     if pad_to is None:
-        return 1 << int(math.ceil(math.log2(max(2 * n_cols, 2))))
+        return 1 << math.ceil(math.log2(max(2 * n_cols, 2)))
     if pad_to < n_cols:
         raise ValueError(f"pad_to={pad_to} must be >= n_cols={n_cols} (or None for the default)")
     return int(pad_to)
@@ -112,7 +110,7 @@ def _scan_range(angles_deg: np.ndarray) -> tuple[float, float]:
 
 
 def is_full_scan(angles_deg: np.ndarray, *, scan_range_deg: float | None = None) -> bool:
-    """Whether angles cover a full turn (``range >= 360 - step``), so no Parker weights are needed."""
+    """Whether angles cover a full turn (``range >= 360 - step``): no Parker weights needed."""
     angles = np.asarray(angles_deg, np.float64)
     span, step = _scan_range(angles)
     scan_range = span if scan_range_deg is None else float(scan_range_deg)
@@ -234,7 +232,7 @@ def preweight_and_filter(
     Parameters
     ----------
     line_integrals : numpy.ndarray
-        ``(n_block, rows, cols)`` line integrals of attenuation (``-log(I / I0)``), row 0 at the top.
+        ``(n_block, rows, cols)`` line integrals (``-log(I / I0)``), row 0 at the top.
     geometry : ConeGeometry
         The scan; ``cols`` must equal ``geometry.n_cols``.
     angle_indices : numpy.ndarray
@@ -358,7 +356,7 @@ def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover 
                 col = (m[0, 1] * i + m[0, 2] * j + m[0, 3]) * inv_w
                 if col <= -1.0 or col >= n_cols:
                     continue
-                ic = int(math.floor(col))
+                ic = math.floor(col)
                 fc = col - ic
                 wc0 = 1.0 - fc
                 wc1 = fc
@@ -378,8 +376,8 @@ def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover 
                 if dr <= 0.0:
                     continue
                 # main range: 0 <= row < n_rows - 1, both bilinear rows inside the window
-                k_lo = int(math.ceil(-r0 / dr))
-                k_hi = int(math.ceil((n_rows - 1 - r0) / dr))
+                k_lo = math.ceil(-r0 / dr)
+                k_hi = math.ceil((n_rows - 1 - r0) / dr)
                 k_lo = min(max(k_lo, 0), nz)
                 k_hi = min(max(k_hi, k_lo), nz)
                 while k_lo < k_hi and r0 + k_lo * dr < 0.0:
@@ -507,9 +505,7 @@ def row_window(geometry: ConeGeometry, grid: VolumeGrid) -> tuple[int, int]:
     D = geometry.source_to_object
     z = np.array([origin[2], origin[2] - h * (nz - 1)])
     depth = np.array([D - r, D + r])
-    rows = geometry.centre_row - geometry.magnification * D * z[:, None] / (
-        depth[None, :] * geometry.voxel_size
-    )
+    rows = geometry.centre_row - D * z[:, None] / (depth[None, :] * geometry.voxel_size)
     start = int(np.floor(rows.min())) - 1
     stop = int(np.floor(rows.max())) + 3
     start = min(max(start, 0), geometry.n_rows)
@@ -538,7 +534,7 @@ def _parallel_bp_kernel(filtered, cos_t, sin_t, center, out):  # pragma: no cove
                 s = (j - c_img) * ca + base
                 if s <= -1.0 or s >= n_det:
                     continue
-                i0 = int(math.floor(s))
+                i0 = math.floor(s)
                 fs = s - i0
                 v0 = row[i0] if i0 >= 0 else 0.0
                 v1 = row[i0 + 1] if i0 + 1 < n_det else 0.0
