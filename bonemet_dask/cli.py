@@ -338,6 +338,44 @@ def verify(
 
 
 @app.command()
+def reconstruct(
+    store: Annotated[str, typer.Argument(help="Zarr store holding converted projections.")],
+    out: Annotated[
+        str | None, typer.Option(help="Write recon_ct groups here (default: STORE).")
+    ] = None,
+    mice: MiceOpt = None,
+    weeks: WeeksOpt = None,
+    filter_: Annotated[
+        str, typer.Option("--filter", help="ramlak, shepp-logan, cosine, hamming, hann.")
+    ] = "hamming",
+    keep_float: Annotated[bool, typer.Option(help="Also store float32 attenuation.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing recon_ct groups.")] = False,
+    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+) -> None:
+    """Cone-beam FDK (Parker short-scan weights) of every selected projection scan."""
+    from bonemet_dask.ops.reconstruct import WINDOWS
+    from bonemet_dask.ops.reconstruct_store import reconstruct_store
+
+    if filter_ not in WINDOWS:
+        raise typer.BadParameter(f"--filter {filter_!r} is not one of {', '.join(WINDOWS)}")
+    with _client(cluster) as client, _progress("Reconstructing scans") as update:
+        result = reconstruct_store(
+            store,
+            out,
+            mice=_split(mice),
+            weeks=parse_weeks(weeks),
+            filter=filter_,
+            keep_float=keep_float,
+            overwrite=overwrite,
+            client=client,
+            progress=update,
+        )
+    console.print(f"reconstructed {len(result.written)} scans in {result.seconds:.1f} s")
+    for path, reason in result.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+
+
+@app.command()
 def info(
     store: Annotated[str, typer.Argument(help="Zarr store written by convert.")],
     max_scans: Annotated[int, typer.Option(help="Scans listed per component.")] = 40,

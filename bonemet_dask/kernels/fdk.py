@@ -343,6 +343,7 @@ def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover 
     """Accumulate ``proj_t`` (n, cols, rows window) into ``out`` (slice, y, x), float32."""
     n_proj, n_cols, n_rows = proj_t.shape
     nz, ny, nx = out.shape
+    one = np.float32(1.0)
     for i in nb.prange(ny):
         acc = np.zeros(nz, np.float32)
         for j in range(nx):
@@ -356,56 +357,56 @@ def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover 
                 col = (m[0, 1] * i + m[0, 2] * j + m[0, 3]) * inv_w
                 if col <= -1.0 or col >= n_cols:
                     continue
+                dr = m[1, 0] * inv_w  # rows per slice (> 0: slices go down, rows go down)
+                if dr <= 0.0:
+                    continue
                 ic = math.floor(col)
                 fc = col - ic
-                wc0 = 1.0 - fc
-                wc1 = fc
+                dist_w = inv_w * inv_w
+                wc0 = np.float32((1.0 - fc) * dist_w)
+                wc1 = np.float32(fc * dist_w)
                 c0 = ic
                 c1 = ic + 1
                 if c0 < 0:
                     c0 = 0
-                    wc0 = 0.0
+                    wc0 = np.float32(0.0)
                 if c1 > n_cols - 1:
                     c1 = n_cols - 1
-                    wc1 = 0.0
-                dist_w = inv_w * inv_w
-                wc0 *= dist_w
-                wc1 *= dist_w
+                    wc1 = np.float32(0.0)
                 r0 = (m[1, 1] * i + m[1, 2] * j + m[1, 3]) * inv_w
-                dr = m[1, 0] * inv_w  # rows per slice (> 0: slices go down, rows go down)
-                if dr <= 0.0:
-                    continue
                 # main range: 0 <= row < n_rows - 1, both bilinear rows inside the window
-                k_lo = math.ceil(-r0 / dr)
-                k_hi = math.ceil((n_rows - 1 - r0) / dr)
-                k_lo = min(max(k_lo, 0), nz)
-                k_hi = min(max(k_hi, k_lo), nz)
+                k_lo = min(max(math.ceil(-r0 / dr), 0), nz)
+                k_hi = min(max(math.ceil((n_rows - 1 - r0) / dr), k_lo), nz)
                 while k_lo < k_hi and r0 + k_lo * dr < 0.0:
                     k_lo += 1
                 while k_hi > k_lo and r0 + (k_hi - 1) * dr >= n_rows - 1:
                     k_hi -= 1
                 pc0 = proj_t[p, c0]
                 pc1 = proj_t[p, c1]
+                r0f = np.float32(r0)
+                drf = np.float32(dr)
                 for k in range(k_lo, k_hi):
-                    row = r0 + k * dr
-                    ir = int(row)
-                    fr = np.float32(row - ir)
+                    row = r0f + np.float32(k) * drf
+                    ir = np.int32(row)
+                    fr = row - np.float32(ir)
                     a = wc0 * pc0[ir] + wc1 * pc1[ir]
                     b = wc0 * pc0[ir + 1] + wc1 * pc1[ir + 1]
                     acc[k] += a + fr * (b - a)
                 # edges: one bilinear row inside the window, the other (outside) counts as zero
                 span = int(1.0 / dr) + 2
-                for k in range(max(k_lo - span, 0), k_lo):
-                    row = r0 + k * dr
-                    if -1.0 < row < 0.0:
-                        fr = np.float32(row + 1.0)
-                        acc[k] += fr * (wc0 * pc0[0] + wc1 * pc1[0])
-                for k in range(k_hi, min(k_hi + span, nz)):
-                    row = r0 + k * dr
-                    if n_rows - 1 <= row < n_rows:
-                        ir = n_rows - 1
-                        fr = np.float32(row - ir)
-                        acc[k] += (1.0 - fr) * (wc0 * pc0[ir] + wc1 * pc1[ir])
+                if k_lo > 0:
+                    for k in range(max(k_lo - span, 0), k_lo):
+                        row = r0 + k * dr
+                        if -1.0 < row < 0.0:
+                            fr = np.float32(row + 1.0)
+                            acc[k] += fr * (wc0 * pc0[0] + wc1 * pc1[0])
+                if k_hi < nz:
+                    for k in range(k_hi, min(k_hi + span, nz)):
+                        row = r0 + k * dr
+                        if n_rows - 1 <= row < n_rows:
+                            ir = n_rows - 1
+                            fr = np.float32(row - ir)
+                            acc[k] += (one - fr) * (wc0 * pc0[ir] + wc1 * pc1[ir])
             for k in range(nz):
                 out[k, i, j] += acc[k]
 

@@ -14,6 +14,7 @@ No pixel arithmetic happens here: the kernels do it.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import dask
@@ -132,6 +133,10 @@ def reconstruct(
     row_edges = np.cumsum((0, *filtered.chunks[1]))
     angle_edges = np.cumsum((0, *filtered.chunks[0]))
     blocks = filtered.to_delayed()
+    # the largest task: a filter block (input, output, padded complex spectrum) or a slab task
+    # (slab, its row window of one angle block, and the partial sum it is added to)
+    pad = 2 ** math.ceil(math.log2(2 * geometry.n_cols))
+    largest = angle_block * row_band * (2 * geometry.n_cols + 2 * pad) * 4
     slabs = []
     for start in range(0, grid.shape[0], slab_slices):
         stop = min(grid.shape[0], start + slab_slices)
@@ -143,6 +148,9 @@ def reconstruct(
         first = int(np.searchsorted(row_edges, r0, side="right") - 1)
         last = int(np.searchsorted(row_edges, r1, side="left"))
         offset = int(row_edges[first])
+        window_rows = int(row_edges[last] - row_edges[first])
+        slab_bytes = 4 * int(np.prod(sub.shape))
+        largest = max(largest, 2 * slab_bytes + 4 * angle_block * window_rows * geometry.n_cols)
         parts = []
         for b in range(len(angle_edges) - 1):
             rows = [blocks[b, j, 0] for j in range(first, last)]
@@ -151,9 +159,11 @@ def reconstruct(
             parts.append(dask.delayed(_backproject)(window, geometry, angles, sub, offset))
         slabs.append(da.from_delayed(_tree_sum(parts), shape=sub.shape, dtype=np.float32))
     volume = da.concatenate(slabs, axis=0)
-    return _labelled(
+    result = _labelled(
         volume, grid, geometry, projections.attrs, filter=filter, short_scan=short_scan
     )
+    result.attrs["bonemet"]["provenance"]["largest_task_bytes"] = int(largest)
+    return result
 
 
 def geometry_from_attrs(attrs: dict[str, Any]) -> ConeGeometry:
