@@ -344,6 +344,7 @@ def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover 
     n_proj, n_cols, n_rows = proj_t.shape
     nz, ny, nx = out.shape
     one = np.float32(1.0)
+    last = np.int32(n_rows - 2)
     for i in nb.prange(ny):
         acc = np.zeros(nz, np.float32)
         for j in range(nx):
@@ -377,17 +378,18 @@ def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover 
                 # main range: 0 <= row < n_rows - 1, both bilinear rows inside the window
                 k_lo = min(max(math.ceil(-r0 / dr), 0), nz)
                 k_hi = min(max(math.ceil((n_rows - 1 - r0) / dr), k_lo), nz)
-                while k_lo < k_hi and r0 + k_lo * dr < 0.0:
+                # settle the bounds with the loop's own float32 arithmetic (no read past the end)
+                r0f = np.float32(r0)
+                drf = np.float32(dr)
+                while k_lo < k_hi and r0f + np.float32(k_lo) * drf < 0:
                     k_lo += 1
-                while k_hi > k_lo and r0 + (k_hi - 1) * dr >= n_rows - 1:
+                while k_hi > k_lo and r0f + np.float32(k_hi - 1) * drf >= n_rows - 1:
                     k_hi -= 1
                 pc0 = proj_t[p, c0]
                 pc1 = proj_t[p, c1]
-                r0f = np.float32(r0)
-                drf = np.float32(dr)
                 for k in range(k_lo, k_hi):
                     row = r0f + np.float32(k) * drf
-                    ir = np.int32(row)
+                    ir = min(np.int32(row), last)  # guard against float32 rounding
                     fr = row - np.float32(ir)
                     a = wc0 * pc0[ir] + wc1 * pc1[ir]
                     b = wc0 * pc0[ir + 1] + wc1 * pc1[ir + 1]
