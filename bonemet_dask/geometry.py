@@ -187,6 +187,51 @@ class ConeGeometry:
 
 
 @dataclass(frozen=True)
+class ParallelGeometry:
+    """Parallel-beam geometry (synchrotron data, previews): every detector row is one slice.
+
+    Parameters
+    ----------
+    pixel : float
+        Detector pixel = voxel size, mm.
+    n_rows, n_cols : int
+        Detector rows and columns.
+    angles_deg : numpy.ndarray
+        Projection angles, degrees, covering 180 or 360 degrees uniformly.
+    cor_offset : float
+        Column offset of the rotation axis from the detector centre, pixels.
+
+    Notes
+    -----
+    Same orientation as the cone geometry's central plane: at angle ``theta`` a point projects to
+    ``s = x cos(theta) + y sin(theta)`` along the columns; row 0 is slice 0 (the top).
+    """
+
+    pixel: float
+    n_rows: int
+    n_cols: int
+    angles_deg: np.ndarray = field(repr=False)
+    cor_offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.pixel <= 0 or self.n_rows < 1 or self.n_cols < 1:
+            raise ValueError(
+                f"pixel={self.pixel}, n_rows={self.n_rows}, n_cols={self.n_cols} must be positive"
+            )
+        object.__setattr__(self, "angles_deg", np.asarray(self.angles_deg, dtype=np.float64))
+
+    @property
+    def voxel_size(self) -> float:
+        """Reconstructed voxel edge, mm (the detector pixel)."""
+        return self.pixel
+
+    @property
+    def centre_col(self) -> float:
+        """Column index of the rotation axis."""
+        return (self.n_cols - 1) / 2 + self.cor_offset
+
+
+@dataclass(frozen=True)
 class VolumeGrid:
     """A regular voxel grid ``(slice, y, x)`` in world millimetres (conventions in the module doc).
 
