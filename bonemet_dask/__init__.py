@@ -28,6 +28,10 @@ _LAZY = {
     "open_store": ("bonemet_dask.io.xr", "open_store"),
     "stack": ("bonemet_dask.io.xr", "stack"),
     "ConeGeometry": ("bonemet_dask.geometry", "ConeGeometry"),
+    "ParallelGeometry": ("bonemet_dask.geometry", "ParallelGeometry"),
+    "reconstruct": ("bonemet_dask.ops.reconstruct", "reconstruct"),
+    "to_uint8": ("bonemet_dask.ops.reconstruct", "to_uint8"),
+    "reconstruct_store": ("bonemet_dask.ops.reconstruct_store", "reconstruct_store"),
     "VolumeGrid": ("bonemet_dask.geometry", "VolumeGrid"),
     "SynthConfig": ("bonemet_dask.synth", "SynthConfig"),
     "synth": ("bonemet_dask.synth", None),
@@ -39,11 +43,13 @@ __all__ = sorted([*_LAZY, "__version__"])
 if TYPE_CHECKING:
     from bonemet_dask import naming, synth
     from bonemet_dask.cluster import connect
-    from bonemet_dask.geometry import ConeGeometry, VolumeGrid
+    from bonemet_dask.geometry import ConeGeometry, ParallelGeometry, VolumeGrid
     from bonemet_dask.io.catalog import Catalog, Problem, Stack, scan_source
     from bonemet_dask.io.skyscan_log import parse_skyscan_log
     from bonemet_dask.io.xr import open_store, stack
     from bonemet_dask.ops.convert import convert
+    from bonemet_dask.ops.reconstruct import reconstruct, to_uint8
+    from bonemet_dask.ops.reconstruct_store import reconstruct_store
     from bonemet_dask.ops.verify import verify
     from bonemet_dask.synth import SynthConfig
 
