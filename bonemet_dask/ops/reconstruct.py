@@ -28,7 +28,7 @@ from bonemet_dask.kernels import fdk, intensity, parallel
 
 logger = logging.getLogger(__name__)
 
-WINDOWS = ("ramlak", "shepp-logan", "cosine", "hamming", "hann")
+WINDOWS = fdk.WINDOWS
 
 
 def _filter_block(block, geometry, window, short_scan, block_info=None):
