@@ -120,7 +120,7 @@ def reconstruct(
     grid = grid or default_grid(geometry)
     data = da.asarray(projections.data).rechunk((angle_block, row_band, -1))
     if projections.attrs.get("kind") != "line_integral":
-        if air is None:  # a small eager sample: every 8th projection's first and last rows
+        if air is None:  # a small eager sample: 8 whole projections spread over the scan
             sample = data[:: max(1, data.shape[0] // 8)]
             air = intensity.air_level(np.asarray(sample))
         data = data.map_blocks(intensity.line_integrals, air, dtype=np.float32)
