@@ -250,7 +250,7 @@ def _labelled(volume, grid, geometry, attrs, **parameters) -> xr.DataArray:
 def to_uint8(volume: xr.DataArray, window: tuple[float, float] | None = None) -> xr.DataArray:
     """NRecon-like linear map of attenuation to 0..255 (``window`` = attenuation at 0 and 255).
 
-    Default window: the 0.1 and 99.9 percentiles of a sample of every 8th slice.
+    Default window: the 0.1 and 99.9 percentiles of about 16 slices spread over the volume.
     """
     if window is None:
         sample = np.asarray(volume.data[:: max(1, volume.shape[0] // 16)])
