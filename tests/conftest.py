@@ -31,3 +31,17 @@ def s3_endpoint():
         else:
             fsspec.config.conf["s3"] = saved
         server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.gpu`` tests unless a CUDA device actually runs a kernel here."""
+    if not any("gpu" in item.keywords for item in items):
+        return
+    from bonemet_dask._backend import gpu_available
+
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="no working CUDA device (benchmarks/gpu_check.py on a GPU)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

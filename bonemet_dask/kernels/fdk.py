@@ -25,6 +25,7 @@ import warnings
 import numba as nb
 import numpy as np
 
+from bonemet_dask._backend import array_namespace
 from bonemet_dask.geometry import ConeGeometry, VolumeGrid
 
 WINDOWS = ("ramlak", "shepp-logan", "cosine", "hamming", "hann")
@@ -231,7 +232,7 @@ def preweight_and_filter(
 
     Parameters
     ----------
-    line_integrals : numpy.ndarray
+    line_integrals : numpy.ndarray or cupy.ndarray
         ``(n_block, rows, cols)`` line integrals (``-log(I / I0)``), row 0 at the top.
     geometry : ConeGeometry
         The scan; ``cols`` must equal ``geometry.n_cols``.
@@ -258,7 +259,8 @@ def preweight_and_filter(
     rest, so a full scan of ``P`` views has ``pi / P`` per view, as in ASTRA and RTK.
     """
     _check_window(window)
-    p = np.asarray(line_integrals)
+    xp = array_namespace(line_integrals)
+    p = line_integrals if xp is not np else np.asarray(line_integrals)
     if p.ndim != 3 or p.shape[2] != geometry.n_cols:
         raise ValueError(
             f"line_integrals must be (n_block, rows, {geometry.n_cols}), got shape {p.shape}"
@@ -287,6 +289,11 @@ def preweight_and_filter(
 
     pad = _padded_length(cols, None)
     response = ramp_filter(cols, window=window, pad_to=pad)[: pad // 2 + 1]
+    if xp is not np:  # one batched FFT on the device
+        weighted = p.astype(xp.float32) * xp.asarray(cosine) * xp.asarray(weight)[:, None, :]
+        spectrum = xp.fft.rfft(weighted, n=pad, axis=-1)
+        spectrum *= xp.asarray(response.astype(np.complex64))
+        return xp.ascontiguousarray(xp.fft.irfft(spectrum, n=pad, axis=-1)[..., :cols])
     out = np.empty((n_block, rows, cols), np.float32)
     for b in range(n_block):
         weighted = p[b].astype(np.float32) * cosine * weight[b][None, :]
@@ -421,12 +428,13 @@ def backproject(
     *,
     row_offset: int = 0,
     out: np.ndarray | None = None,
+    interpolation: str = "texture",
 ) -> np.ndarray:
     """Voxel-driven cone-beam backprojection of filtered projections into ``(slice, y, x)``.
 
     Parameters
     ----------
-    filtered : numpy.ndarray
+    filtered : numpy.ndarray or cupy.ndarray
         ``(n_block, rows, cols)`` output of :func:`preweight_and_filter`; may hold only detector
         rows ``row_offset : row_offset + rows`` (rows outside contribute zero).
     geometry : ConeGeometry
@@ -440,6 +448,10 @@ def backproject(
     out : numpy.ndarray or None, optional
         float32 C-contiguous ``grid.shape`` array to accumulate into (partial sums over projection
         blocks add up); None starts from zeros.
+    interpolation : {"texture", "linear"}, optional
+        GPU only (CuPy input, :mod:`bonemet_dask.kernels.fdk_cuda`): hardware texture filtering
+        (default, fastest) or float32 interpolation from global memory.  The CPU always
+        interpolates in float32.
 
     Returns
     -------
@@ -454,7 +466,8 @@ def backproject(
     (or outside the row window) as zero.  Voxels outside the field-of-view cylinder (the radius
     every projection's detector covers) are skipped and stay as they were.
     """
-    f = np.asarray(filtered)
+    xp = array_namespace(filtered, out)
+    f = filtered if xp is not np else np.asarray(filtered)
     if f.ndim != 3 or f.shape[2] != geometry.n_cols:
         raise ValueError(
             f"filtered must be (n_block, rows, {geometry.n_cols}), got shape {f.shape}"
@@ -466,7 +479,7 @@ def backproject(
         )
     idx = _check_indices(geometry, angle_indices, f.shape[0])
     if out is None:
-        out = np.zeros(grid.shape, np.float32)
+        out = xp.zeros(grid.shape, xp.float32)
     elif out.shape != grid.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(
             f"out must be a C-contiguous float32 array of grid.shape {grid.shape}, got "
@@ -481,12 +494,19 @@ def backproject(
         )
     mats[:, 1, 3] -= row_offset * mats[:, 2, 3]  # rows relative to the window
     mats[:, 1, :3] -= row_offset * mats[:, 2, :3]
+    r_fov = _fov_radius(geometry)
+    if xp is not np:
+        from bonemet_dask.kernels.fdk_cuda import backproject_cuda
+
+        return backproject_cuda(
+            f, mats, out, origin_xy=(float(grid.origin[0]), float(grid.origin[1])),
+            voxel_size=grid.voxel_size, r_fov2=r_fov * r_fov, interpolation=interpolation,
+        )  # fmt: skip
     proj_t = np.ascontiguousarray(f.transpose(0, 2, 1), dtype=np.float32)  # rows contiguous
     origin = grid.origin
     h = grid.voxel_size
     xs = origin[0] + h * np.arange(grid.shape[2])
     ys = origin[1] + h * np.arange(grid.shape[1])
-    r_fov = _fov_radius(geometry)
     _backproject_kernel(proj_t, mats, xs, ys, r_fov * r_fov, out)
     return out
 

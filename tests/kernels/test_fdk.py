@@ -324,3 +324,20 @@ def test_argument_errors(full_scan):
         backproject(np.zeros((1, 10, 96), np.float32), FULL, [0], GRID, row_offset=90)
     with pytest.raises(ValueError, match="out must be"):
         backproject(np.zeros((1, 10, 96), np.float32), FULL, [0], GRID, out=np.zeros(3))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("interpolation, tol", [("linear", 1e-4), ("texture", 5e-3)])
+def test_cupy_backprojection_matches_numba(full_scan, interpolation, tol):
+    import cupy
+
+    idx = np.arange(FULL.angles_deg.size)
+    filtered = preweight_and_filter(full_scan, FULL, idx)
+    cpu = backproject(filtered[:, 10:], FULL, idx, GRID, row_offset=10)
+    gpu = backproject(
+        cupy.asarray(filtered[:, 10:]), FULL, idx, GRID, row_offset=10, interpolation=interpolation
+    )
+    assert isinstance(gpu, cupy.ndarray)
+    assert float(abs(gpu.get() - cpu).max()) <= tol * float(abs(cpu).max())
+    gpu_filtered = preweight_and_filter(cupy.asarray(full_scan), FULL, idx)
+    np.testing.assert_allclose(gpu_filtered.get(), filtered, atol=1e-5 * abs(filtered).max())
