@@ -345,13 +345,99 @@ def _fov_radius(geometry: ConeGeometry) -> float:
     return float(geometry.source_to_object * np.sin(gamma))
 
 
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _rows_strided(acc, pc0, pc1, wc0, wc1, f0, e, k0, k1, m, s):  # pragma: no cover - numba
+    """Slices ``[k0, k1)`` whose rows are ``m * k + s + fr`` with ``fr = f0 + k * e`` in ``[0, 1)``.
+
+    The two detector rows of slice ``k`` are ``m * k + s`` and the next: affine in ``k``.  The
+    default grid has ``m = 1``: the loop then reads contiguous rows through zero-based views with
+    an int32 counter, a form LLVM vectorises (1.7x the indexed form in a micro-benchmark).
+    """
+    if k1 <= k0:
+        return
+    n = np.int32(k1 - k0)
+    out = acc[k0:k1]
+    base = f0 + np.float32(k0) * e
+    if m == 1:
+        q0 = pc0[k0 + s :]
+        q1 = pc1[k0 + s :]
+        for t in range(n):
+            fr = base + np.float32(t) * e
+            a = wc0 * q0[t] + wc1 * q1[t]
+            b = wc0 * q0[t + 1] + wc1 * q1[t + 1]
+            out[t] += a + fr * (b - a)
+    else:
+        q0 = pc0[m * k0 + s :]
+        q1 = pc1[m * k0 + s :]
+        for t in range(n):
+            fr = base + np.float32(t) * e
+            r = m * t
+            a = wc0 * q0[r] + wc1 * q1[r]
+            b = wc0 * q0[r + 1] + wc1 * q1[r + 1]
+            out[t] += a + fr * (b - a)
+
+
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover - numba
+    """Slices ``[k0, k1)`` at rows ``r0 + k * dr``, rows outside the window counting as zero."""
+    n_rows = pc0.shape[0]
+    for k in range(k0, k1):
+        row = r0 + k * dr
+        ir = math.floor(row)
+        if ir < -1 or ir >= n_rows:
+            continue
+        fr = row - ir
+        a = wc0 * pc0[ir] + wc1 * pc1[ir] if ir >= 0 else 0.0
+        b = wc0 * pc0[ir + 1] + wc1 * pc1[ir + 1] if ir + 1 < n_rows else 0.0
+        acc[k] += np.float32(a + fr * (b - a))
+
+
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _rows_in_runs(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover - numba
+    """Slices ``[k0, k1)`` (rows inside the window), split into runs of constant ``row - m k``.
+
+    With ``m = round(dr)`` (rows per slice: 1 on the default grid, where ``dr`` is the voxel's
+    magnification over the axis's, ``D / U``) and ``e = dr - m``, ``floor(r0 + k dr) - m k =
+    floor(r0 + k e)`` is constant until ``r0 + k e`` crosses an integer: about ``1 / |e|``
+    slices.  Each run is one affine :func:`_rows_strided` loop; the (rare) slices that rounding
+    puts outside the window go through :func:`_rows_checked`.
+    """
+    n_rows = pc0.shape[0]
+    m = math.floor(dr + 0.5)
+    e = dr - m
+    ef = np.float32(e)
+    k = k0
+    while k < k1:
+        s = math.floor(r0 + k * e)
+        if e > 1e-9:
+            x = (s + 1 - r0) / e
+            k_end = k1 if x >= k1 else math.ceil(x)
+        elif e < -1e-9:
+            x = (s - r0) / e
+            k_end = k1 if x >= k1 else math.floor(x) + 1
+        else:
+            k_end = k1
+        k_end = min(max(k_end, k + 1), k1)
+        # slices whose rows m k + s and m k + s + 1 both lie in [0, n_rows)
+        if m > 0:
+            a0 = min(max(k, -(s // m)), k_end)
+            top = n_rows - 2 - s
+            a1 = max(min(k_end, top // m + 1), a0) if top >= 0 else a0
+        elif 0 <= s <= n_rows - 2:
+            a0, a1 = k, k_end
+        else:
+            a0, a1 = k, k
+        _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, k, a0)
+        _rows_strided(acc, pc0, pc1, wc0, wc1, np.float32(r0 - s), ef, a0, a1, m, s)
+        _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, a1, k_end)
+        k = k_end
+
+
 @nb.njit(cache=True, parallel=True, fastmath=True)
 def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover - numba
     """Accumulate ``proj_t`` (n, cols, rows window) into ``out`` (slice, y, x), float32."""
     n_proj, n_cols, n_rows = proj_t.shape
     nz, ny, nx = out.shape
-    one = np.float32(1.0)
-    last = np.int32(n_rows - 2)
     for i in nb.prange(ny):
         acc = np.zeros(nz, np.float32)
         for j in range(nx):
@@ -382,40 +468,17 @@ def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover 
                     c1 = n_cols - 1
                     wc1 = np.float32(0.0)
                 r0 = (m[1, 1] * i + m[1, 2] * j + m[1, 3]) * inv_w
-                # main range: 0 <= row < n_rows - 1, both bilinear rows inside the window
-                k_lo = min(max(math.ceil(-r0 / dr), 0), nz)
-                k_hi = min(max(math.ceil((n_rows - 1 - r0) / dr), k_lo), nz)
-                # settle the bounds with the loop's own float32 arithmetic (no read past the end)
-                r0f = np.float32(r0)
-                drf = np.float32(dr)
-                while k_lo < k_hi and r0f + np.float32(k_lo) * drf < 0:
-                    k_lo += 1
-                while k_hi > k_lo and r0f + np.float32(k_hi - 1) * drf >= n_rows - 1:
-                    k_hi -= 1
                 pc0 = proj_t[p, c0]
                 pc1 = proj_t[p, c1]
-                for k in range(k_lo, k_hi):
-                    row = r0f + np.float32(k) * drf
-                    ir = min(np.int32(row), last)  # guard against float32 rounding
-                    fr = row - np.float32(ir)
-                    a = wc0 * pc0[ir] + wc1 * pc1[ir]
-                    b = wc0 * pc0[ir + 1] + wc1 * pc1[ir + 1]
-                    acc[k] += a + fr * (b - a)
-                # edges: one bilinear row inside the window, the other (outside) counts as zero
-                span = int(1.0 / dr) + 2
-                if k_lo > 0:
-                    for k in range(max(k_lo - span, 0), k_lo):
-                        row = r0 + k * dr
-                        if -1.0 < row < 0.0:
-                            fr = np.float32(row + 1.0)
-                            acc[k] += fr * (wc0 * pc0[0] + wc1 * pc1[0])
-                if k_hi < nz:
-                    for k in range(k_hi, min(k_hi + span, nz)):
-                        row = r0 + k * dr
-                        if n_rows - 1 <= row < n_rows:
-                            ir = n_rows - 1
-                            fr = np.float32(row - ir)
-                            acc[k] += (one - fr) * (wc0 * pc0[ir] + wc1 * pc1[ir])
+                # slices whose row lies in (-1, n_rows) touch the window at all
+                k_first = min(max(math.floor((-1.0 - r0) / dr) + 1, 0), nz)
+                k_last = min(max(math.floor((n_rows - r0) / dr) + 1, k_first), nz)
+                # inner range: 0 <= row < n_rows - 1, both bilinear rows inside the window
+                k_lo = min(max(math.ceil(-r0 / dr), k_first), k_last)
+                k_hi = min(max(math.ceil((n_rows - 1 - r0) / dr), k_lo), k_last)
+                _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, k_first, k_lo)
+                _rows_in_runs(acc, pc0, pc1, wc0, wc1, r0, dr, k_lo, k_hi)
+                _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, k_hi, k_last)
             for k in range(nz):
                 out[k, i, j] += acc[k]
 
