@@ -1,0 +1,286 @@
+"""RoI graph builders: find the proximal tibia-fibula junction, crop the RoI, remove the fibula.
+
+The pixel work lives in :mod:`bonemet_dask.kernels.junction` and :mod:`bonemet_dask.kernels.roi`;
+these functions choose chunks and wire the kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import dask
+import dask.array as da
+import xarray as xr
+
+from bonemet_dask._backend import meta_like
+from bonemet_dask.kernels.junction import bin_bone_mask, search_junction
+from bonemet_dask.kernels.roi import fibula_mask, outside_tibia, remove_voxels
+from bonemet_dask.ops.composite import _as_dataarray, voxel_size_um
+
+__all__ = ["Junction", "crop_roi", "find_tf_junction", "volume_kind"]
+
+logger = logging.getLogger(__name__)
+
+JUNCTION_BIN_UM: Final = 30.0
+"""Automatic in-plane binning of the junction search: the largest factor whose binned pixel
+stays within this size (3x at BoneMet's 10 um; none at 40 um and coarser)."""
+KINDS: Final = ("auto", "composite", "greyscale")
+
+
+@dataclass(frozen=True)
+class Junction:
+    """The proximal tibia-fibula junction found by :func:`find_tf_junction`.
+
+    Attributes
+    ----------
+    slice : int
+        Position along the volume's ``slice`` axis (0-based) of the first slice where the
+        fibula is separate from the tibia.
+    coordinate : float or int
+        The ``slice`` coordinate's value there (the source index for a store's volume).
+    confidence : float
+        In [0, 1]; 1 for a clean junction
+        (:func:`~bonemet_dask.kernels.junction.search_junction`).
+    ambiguous : bool
+        True when the rule's checks failed; ``reasons`` says which.
+    reasons : tuple of str
+        Why it is ambiguous (empty otherwise).
+    binning : int
+        In-plane binning of the searched mask.
+    threshold : float
+        Bone threshold used.
+    track_slices : int
+        Slices in which the fibula was found separate.
+    """
+
+    slice: int
+    coordinate: float | int
+    confidence: float
+    ambiguous: bool
+    reasons: tuple[str, ...]
+    binning: int
+    threshold: float
+    track_slices: int
+
+    def __index__(self) -> int:
+        return self.slice
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (stored in roi_ct groups' attributes)."""
+        out = asdict(self)
+        out["reasons"] = list(self.reasons)
+        return out
+
+
+def _slab_chunks(array: da.Array) -> da.Array:
+    """Whole ``y``/``x`` per block, the slice chunking kept: what per-slice kernels need."""
+    if all(len(c) == 1 for c in array.chunks[1:]):
+        return array
+    return array.rechunk({0: array.chunks[0], 1: -1, 2: -1})
+
+
+def find_tf_junction(
+    volume: xr.DataArray,
+    threshold: float = 75,
+    *,
+    binning: int | None = None,
+    search_fraction: float = 0.5,
+    min_area_mm2: float = 0.005,
+    max_gap: int = 2,
+) -> Junction:
+    """The proximal tibia-fibula junction slice of a registered tibia (computes a small graph).
+
+    Rule: going distally from the knee, the fibula's cross-section is first joined to the
+    tibia's (the fibular head touches the tibia); the junction is the first slice below that
+    where the fibula is a separate connected component (8-connected, per slice) and stays so.
+    See :mod:`bonemet_dask.kernels.junction` for the tracking that implements it.
+
+    Parameters
+    ----------
+    volume : xarray.DataArray
+        Registered tibia (``regist_ct``), dims ``(slice, y, x)``, slice 0 proximal (at the knee),
+        greyscale.
+    threshold : float, optional
+        Bone is ``grey >= threshold``.
+    binning : int, optional
+        In-plane binning of the bone mask (majority vote); default: the largest factor keeping
+        the binned pixel within 30 um (:data:`JUNCTION_BIN_UM`).  ``slice`` is never binned.
+    search_fraction : float, optional
+        The proximal fraction of the slices searched (the junction lies in the proximal third
+        of a tibia; the fibula must be seen running apart below it).
+    min_area_mm2 : float, optional
+        Cross-sections smaller than this are ignored (a fibula is ~0.07 mm^2).
+    max_gap : int, optional
+        Slices the fibula may vanish from the mask and still be followed.
+
+    Returns
+    -------
+    Junction
+        Usable as an int (``volume[junction:]``).
+
+    Raises
+    ------
+    ValueError
+        If the volume is not 3-D or ``search_fraction`` is outside (0, 1], or no fibula is found.
+    """
+    volume = _as_dataarray(volume, "volume")
+    if volume.ndim != 3:
+        raise ValueError(f"volume.dims={volume.dims}: pass one (slice, y, x) scan")
+    if not 0 < search_fraction <= 1:
+        raise ValueError(f"search_fraction={search_fraction!r} must be in (0, 1], e.g. 0.5")
+    dz, dy, dx = voxel_size_um(volume)
+    factor = int(binning) if binning is not None else max(1, int(JUNCTION_BIN_UM // max(dy, dx)))
+    if factor < 1:
+        raise ValueError(f"binning={binning!r} must be an int >= 1")
+    n = volume.shape[0]
+    stop = min(n, max(8, math.ceil(n * search_fraction)))
+    data = volume.data if isinstance(volume.data, da.Array) else da.from_array(volume.data)
+    data = _slab_chunks(data[:stop])
+    h, w = (math.ceil(s / factor) for s in data.shape[1:])
+    binned = da.map_blocks(
+        bin_bone_mask,
+        data,
+        level=threshold,
+        factor=factor,
+        dtype=bool,
+        chunks=(data.chunks[0], (h,), (w,)),
+        meta=meta_like(data, bool),
+    )
+    pixel_mm2 = (dy * factor) * (dx * factor) * 1e-6
+    window = max(3, round(100.0 / dz))  # score 0.1 mm above and below
+    search = dask.delayed(search_junction, pure=True)(
+        binned, min_area=max(1, round(min_area_mm2 / pixel_mm2)), max_gap=max_gap, window=window
+    )
+    (found,) = dask.compute(search)
+    j = found["slice"]
+    coord = volume.coords.get(volume.dims[0])
+    value = coord.values[j].item() if coord is not None else j
+    result = Junction(
+        slice=j,
+        coordinate=value,
+        confidence=found["confidence"],
+        ambiguous=found["ambiguous"],
+        reasons=tuple(found["reasons"]),
+        binning=factor,
+        threshold=threshold,
+        track_slices=found["track_slices"],
+    )
+    if result.ambiguous:
+        logger.warning("tibia-fibula junction at slice %d is ambiguous: %s", j, result.reasons)
+    return result
+
+
+def volume_kind(volume: xr.DataArray, kind: str = "auto") -> str:
+    """``"composite"`` or ``"greyscale"``: ``kind`` checked, or guessed when ``"auto"``.
+
+    A composite is recognised by ``attrs["kind"] == "composite"`` (what :func:`composite`
+    sets) or the name ``composite``; anything else is greyscale.  Published RoI-CT stacks
+    converted from PNGs are composites without the attribute: pass ``kind="composite"``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {', '.join(map(repr, KINDS))}")
+    if kind != "auto":
+        return kind
+    return (
+        "composite"
+        if volume.attrs.get("kind") == "composite" or volume.name == "composite"
+        else "greyscale"
+    )
+
+
+def crop_roi(
+    volume: xr.DataArray,
+    junction: int | Junction,
+    *,
+    offset: int = 0,
+    count: int = 300,
+    remove_fibula: bool = True,
+    threshold: float = 75,
+    kind: str = "auto",
+    fill: float = 0,
+) -> xr.DataArray:
+    """Crop the RoI below the tibia-fibula junction and remove the fibula (lazy).
+
+    Parameters
+    ----------
+    volume : xarray.DataArray
+        Registered greyscale tibia or a composite, dims ``(slice, y, x)``, slice 0 proximal.
+    junction : int or Junction
+        Junction slice position (:func:`find_tf_junction`).
+    offset : int, optional
+        First RoI slice relative to the junction (negative: above it).
+    count : int, optional
+        Slices in the RoI (BoneMet: 300).  When the RoI would run past the last slice it is
+        shifted up (with a warning), as the published RoI-CT stacks keep 300 slices.
+    remove_fibula : bool, optional
+        Set the fibula's voxels to ``fill``; see :mod:`bonemet_dask.kernels.roi` for the rule.
+    threshold : float, optional
+        Bone threshold of a greyscale volume.
+    kind : {"auto", "composite", "greyscale"}, optional
+        How to find bone: composite codes > 0, or ``grey >= threshold``; see :func:`volume_kind`.
+    fill : float, optional
+        Value of removed voxels.
+
+    Returns
+    -------
+    xarray.DataArray
+        The RoI with the input's chunks along ``slice`` (whole ``y``/``x``), its coordinates,
+        and ``attrs["roi"]``: junction, offset, count, first slice, whether the fibula was
+        removed.
+
+    Raises
+    ------
+    ValueError
+        If the first RoI slice lies outside the volume, or ``count`` exceeds its slices.
+    """
+    volume = _as_dataarray(volume, "volume")
+    kind = volume_kind(volume, kind)
+    n = volume.shape[0]
+    j = int(junction)
+    if count < 1 or count > n:
+        raise ValueError(f"count={count} must be within 1..{n} (the volume's slices)")
+    start = j + int(offset)
+    if not 0 <= start < n:
+        raise ValueError(
+            f"junction + offset = {j} + {offset} = {start} is outside the volume's 0..{n - 1} "
+            "slices; check the junction or pass a smaller offset"
+        )
+    if start + count > n:
+        logger.warning(
+            "RoI of %d slices from slice %d runs past slice %d: shifted up to start at %d",
+            count, start, n - 1, n - count,
+        )  # fmt: skip
+        start = n - count
+    roi = volume.isel({volume.dims[0]: slice(start, start + count)})
+    data = roi.data if isinstance(roi.data, da.Array) else da.from_array(roi.data)
+    data = _slab_chunks(data)
+    if remove_fibula:
+        outside = da.map_blocks(
+            outside_tibia, data, kind=kind, level=threshold, dtype=bool, meta=meta_like(data, bool)
+        )
+        whole = outside.rechunk(-1)  # 3-D chains: one task over the RoI's (small) bool mask
+        fibula = da.map_blocks(
+            fibula_mask, whole, min_voxels=1, dtype=bool, meta=meta_like(whole, bool)
+        ).rechunk(data.chunks)
+        data = da.map_blocks(
+            remove_voxels,
+            data,
+            fibula,
+            fill=fill,
+            dtype=data.dtype,
+            meta=meta_like(data, data.dtype),
+        )
+    attrs = dict(volume.attrs)
+    attrs["roi"] = {
+        "junction_slice": j,
+        "junction": junction.to_dict() if isinstance(junction, Junction) else None,
+        "offset": int(offset),
+        "count": int(count),
+        "first_slice": int(start),
+        "remove_fibula": bool(remove_fibula),
+        "kind": kind,
+    }
+    return roi.copy(data=data).assign_attrs(attrs)
