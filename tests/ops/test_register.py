@@ -1,0 +1,124 @@
+"""Registration recovers known synthetic poses; register_store and the CLI write regist_ct."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bonemet_dask.ops.register import finish, register
+from bonemet_dask.ops.resample import resample
+from bonemet_dask.synth.reference import posed_tibia, reference_grid, reference_leg
+
+VOXEL_UM = 80.0  # small volumes (~190 x 45 x 55): a few seconds per registration on one core
+LEVELS = (160.0, 80.0)
+
+
+def pose_error(found, truth, shape, voxel_um):
+    """Rotation error (deg) and displacement at the grid centre (voxels) between two maps."""
+    centre = np.array(shape) * voxel_um / 2
+    diff = found.inverse() @ truth
+    shift = np.linalg.norm(found.apply(centre) - truth.apply(centre)) / voxel_um
+    return diff.angle_deg, shift
+
+
+@pytest.fixture(scope="module")
+def injected_leg():
+    return dataclasses.replace(reference_leg("left"), injected=True)
+
+
+def test_sample_registration_recovers_a_large_roll():
+    moving, truth = posed_tibia("left", voxel_size_um=VOXEL_UM, angles_deg=(150.0, 2.0, -1.5),
+                                translation_mm=(0.3, -0.2, 0.1), seed=3)  # fmt: skip
+    result = register(moving, levels_um=LEVELS)
+    angle, shift = pose_error(result.transform, truth, result.shape, VOXEL_UM)
+    assert angle < 0.5 and shift < 1.0  # measured 0.2 deg, 0.1 voxel
+    assert result.passed and result.kind == "sample" and result.metric > 0.85
+    assert result.spacing_um == (VOXEL_UM,) * 3
+
+
+def test_time_registration_follows_a_growing_lesion(injected_leg):
+    week0, truth0 = posed_tibia("left", voxel_size_um=VOXEL_UM, angles_deg=(-40.0, 1.0, 2.0),
+                                leg=injected_leg, week=0, seed=1)  # fmt: skip
+    shape = reference_grid("left", VOXEL_UM).shape
+    fixed = resample(week0, truth0, shape=shape).compute()  # week 0, registered exactly
+    moving, truth = posed_tibia("left", voxel_size_um=VOXEL_UM, angles_deg=(100.0, -2.0, 1.0),
+                                translation_mm=(0.2, 0.1, -0.1), leg=injected_leg, week=3,
+                                seed=2)  # fmt: skip
+    result = register(moving, fixed, levels_um=LEVELS)
+    angle, shift = pose_error(result.transform, truth, fixed.shape, VOXEL_UM)
+    assert angle < 0.5 and shift < 1.0  # measured 0.04 deg, 0.02 voxel
+    assert result.kind == "time" and result.passed and result.shape == fixed.shape
+    record = result.to_dict()
+    assert record["quality"] == "ok" and record["metric"]["value"] == result.metric
+    assert not finish(_plan_like(result, 0.999), _search_like(result)).passed
+
+
+def _plan_like(result, min_metric):
+    from bonemet_dask.ops.register import _Plan
+
+    return _Plan(None, result.kind, result.shape, result.spacing_um, min_metric)
+
+
+def _search_like(result):
+    from bonemet_dask.kernels.register import SearchResult
+
+    return SearchResult(result.transform, result.metric, result.start)
+
+
+def test_inputs_are_checked_and_the_search_is_deterministic():
+    moving, _ = posed_tibia("left", voxel_size_um=160.0)
+    first, second = (register(moving, levels_um=(160.0,)) for _ in range(2))
+    np.testing.assert_array_equal(first.transform.matrix, second.transform.matrix)
+    with pytest.raises(TypeError, match="DataArray"):
+        register(moving.values)
+    with pytest.raises(ValueError, match="side="):
+        register(moving.drop_vars("side"))
+    with pytest.raises(ValueError, match="roll_starts"):
+        register(moving, roll_starts="some")
+    with pytest.raises(ValueError, match="threshold"):
+        register(moving * 0, levels_um=(160.0,))
+
+
+@pytest.mark.slow
+def test_sample_registration_at_40_um_with_the_published_starts():
+    moving, truth = posed_tibia("right", voxel_size_um=40.0, angles_deg=(-60.0, -1.0, 2.5),
+                                translation_mm=(-0.4, 0.3, 0.2), seed=5)  # fmt: skip
+    result = register(moving, roll_starts="bonemet")
+    angle, shift = pose_error(result.transform, truth, result.shape, 40.0)
+    assert angle < 0.5 and shift < 1.0
+
+
+def test_register_store_and_cli(tmp_path):
+    import zarr
+    from typer.testing import CliRunner
+
+    from bonemet_dask.cli import app
+    from bonemet_dask.io.store import get_bonemet_attrs
+    from bonemet_dask.ops.convert import convert
+    from bonemet_dask.ops.register_store import register_store
+    from bonemet_dask.synth import SynthConfig, generate
+    from bonemet_dask.transform import RigidTransform
+
+    config = SynthConfig(mice=1, weeks=2, size="small", seed=2, components=("seg_ct", "regist_ct"))
+    generate(str(tmp_path / "src"), config)
+    store = str(tmp_path / "store.zarr")
+    convert(tmp_path / "src", store)
+    skipped = CliRunner().invoke(app, ["register", store, "--sides", "left"])
+    assert skipped.exit_code == 0 and "skipped" in skipped.output  # converted groups are kept
+    out = str(tmp_path / "out.zarr")
+    report = register_store(store, out, sides=["left"], levels_um=(160.0,), min_metric=0.5)
+    assert report.written == ["regist_ct/851/left/week0", "regist_ct/851/left/week1"]
+    root = zarr.open_group(out, mode="r")
+    published = zarr.open_group(store, mode="r")
+    for path in report.written:
+        attrs = get_bonemet_attrs(root[path])
+        assert attrs["status"] == "complete" and attrs["provenance"]["stage"] == "register"
+        transform = RigidTransform.from_dict(attrs["registration"]["transform"])
+        assert transform.allclose(RigidTransform.from_dict(attrs["provenance"]["transform"]))
+        ours = root[path]["0"][:].astype(float)
+        truth = published[path]["0"][:].astype(float)
+        assert ours.shape == truth.shape
+        assert np.corrcoef(ours.ravel(), truth.ravel())[0, 1] > 0.8
+    assert get_bonemet_attrs(root["regist_ct/851/left/week1"])["registration"]["kind"] == "time"
+    again = CliRunner().invoke(app, ["register", store, "--out", out, "--sides", "left"])
+    assert again.exit_code == 0 and again.output.count("skipped") >= 1
