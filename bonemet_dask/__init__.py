@@ -32,6 +32,21 @@ _LAZY = {
     "reconstruct": ("bonemet_dask.ops.reconstruct", "reconstruct"),
     "to_uint8": ("bonemet_dask.ops.reconstruct", "to_uint8"),
     "reconstruct_store": ("bonemet_dask.ops.reconstruct_store", "reconstruct_store"),
+    "segment_tibiae": ("bonemet_dask.ops.segment", "segment_tibiae"),
+    "segment_store": ("bonemet_dask.ops.segment", "segment_store"),
+    "composite": ("bonemet_dask.ops.composite", "composite"),
+    "find_tf_junction": ("bonemet_dask.ops.roi", "find_tf_junction"),
+    "Junction": ("bonemet_dask.ops.roi", "Junction"),
+    "crop_roi": ("bonemet_dask.ops.roi", "crop_roi"),
+    "bone_metrics": ("bonemet_dask.ops.metrics", "bone_metrics"),
+    "metrics_table": ("bonemet_dask.ops.metrics", "metrics_table"),
+    "write_metrics_csv": ("bonemet_dask.ops.metrics", "write_metrics_csv"),
+    "composite_store": ("bonemet_dask.ops.composite_store", "composite_store"),
+    "preview": ("bonemet_dask.preview", "preview"),
+    "RigidTransform": ("bonemet_dask.transform", "RigidTransform"),
+    "register": ("bonemet_dask.ops.register", "register"),
+    "resample": ("bonemet_dask.ops.resample", "resample"),
+    "register_store": ("bonemet_dask.ops.register_store", "register_store"),
     "VolumeGrid": ("bonemet_dask.geometry", "VolumeGrid"),
     "SynthConfig": ("bonemet_dask.synth", "SynthConfig"),
     "synth": ("bonemet_dask.synth", None),
@@ -47,11 +62,21 @@ if TYPE_CHECKING:
     from bonemet_dask.io.catalog import Catalog, Problem, Stack, scan_source
     from bonemet_dask.io.skyscan_log import parse_skyscan_log
     from bonemet_dask.io.xr import open_store, stack
+    from bonemet_dask.ops.composite import composite
+    from bonemet_dask.ops.composite_store import composite_store
     from bonemet_dask.ops.convert import convert
+    from bonemet_dask.ops.metrics import bone_metrics, metrics_table, write_metrics_csv
     from bonemet_dask.ops.reconstruct import reconstruct, to_uint8
     from bonemet_dask.ops.reconstruct_store import reconstruct_store
+    from bonemet_dask.ops.register import register
+    from bonemet_dask.ops.register_store import register_store
+    from bonemet_dask.ops.resample import resample
+    from bonemet_dask.ops.roi import Junction, crop_roi, find_tf_junction
+    from bonemet_dask.ops.segment import segment_store, segment_tibiae
     from bonemet_dask.ops.verify import verify
+    from bonemet_dask.preview import preview
     from bonemet_dask.synth import SynthConfig
+    from bonemet_dask.transform import RigidTransform
 
 
 def __getattr__(name: str) -> Any:

@@ -376,6 +376,213 @@ def reconstruct(
 
 
 @app.command()
+def segment(
+    store: Annotated[str, typer.Argument(help="Zarr store holding recon_ct hindlimb scans.")],
+    out: Annotated[
+        str | None, typer.Option(help="Write seg_ct groups here (default: STORE).")
+    ] = None,
+    mice: MiceOpt = None,
+    weeks: WeeksOpt = None,
+    threshold: Annotated[int, typer.Option(help="Bone threshold, grey levels 1..255.")] = 75,
+    margin_um: Annotated[
+        float, typer.Option(help="Margin around each tibia's box, micrometres.")
+    ] = 300.0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace existing seg_ct groups (e.g. the published Seg-CT).")
+    ] = False,
+    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+) -> None:
+    """Crop both tibiae (fibula kept, cut below the knee) of every selected hindlimb scan.
+
+    Exits 1 when a scan could not be segmented (the reason is printed).
+    """
+    from bonemet_dask.ops.segment import segment_store
+
+    if not 1 <= threshold <= 255:
+        raise typer.BadParameter(f"--threshold {threshold} is not in 1..255")
+    if margin_um < 0:
+        raise typer.BadParameter(f"--margin-um {margin_um} must be >= 0")
+    with _client(cluster) as client, _progress("Segmenting scans") as update:
+        result = segment_store(
+            store,
+            out,
+            mice=_split(mice),
+            weeks=parse_weeks(weeks),
+            threshold=threshold,
+            margin_um=margin_um,
+            overwrite=overwrite,
+            client=client,
+            progress=update,
+        )
+    console.print(f"segmented {len(result.written)} tibiae in {result.seconds:.1f} s")
+    for path, reason in result.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+    for path, reason in result.failed:
+        err_console.print(f"[red]failed[/red] {path}: {reason}")
+    if result.failed:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def register(
+    store: Annotated[str, typer.Argument(help="Zarr store holding seg_ct tibiae.")],
+    out: Annotated[
+        str | None, typer.Option(help="Write regist_ct groups here (default: STORE).")
+    ] = None,
+    mice: MiceOpt = None,
+    weeks: WeeksOpt = None,
+    sides: SidesOpt = None,
+    threshold: Annotated[float, typer.Option(help="Bone threshold (grey level).")] = 75,
+    roll_starts: Annotated[
+        str, typer.Option(help="'full' (32 roll starts) or 'bonemet' (the published 26).")
+    ] = "full",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace existing regist_ct groups (e.g. the published ones).")
+    ] = False,
+    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+) -> None:
+    """Rigid registration: week 0 to the vertical reference, later weeks to week 0.
+
+    Exits 1 when a registration's quality flag fails (the scans and metrics are printed).
+    """
+    from bonemet_dask.ops.register_store import register_store
+
+    side_list = _choices("--sides", sides, SIDES)
+    if roll_starts not in ("full", "bonemet"):
+        raise typer.BadParameter(f"--roll-starts {roll_starts!r} is not one of full, bonemet")
+    with _client(cluster) as client, _progress("Registering tibiae") as update:
+        result = register_store(
+            store,
+            out,
+            mice=_split(mice),
+            weeks=parse_weeks(weeks),
+            sides=side_list,
+            overwrite=overwrite,
+            threshold=threshold,
+            roll_starts=roll_starts,
+            client=client,
+            progress=update,
+        )
+    console.print(f"registered {len(result.written)} tibiae in {result.seconds:.1f} s")
+    for path, metric in result.metrics.items():
+        console.print(f"  {path}: NCC {metric:.3f}")
+    for path, reason in result.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+    for path, metric in result.poor:
+        err_console.print(f"[red]poor registration[/red] {path}: NCC {metric:.3f}")
+    if result.poor:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def composite(
+    store: Annotated[str, typer.Argument(help="Zarr store holding regist_ct groups.")],
+    out: Annotated[
+        str | None, typer.Option(help="Write roi_ct groups here (default: STORE).")
+    ] = None,
+    mice: MiceOpt = None,
+    weeks: WeeksOpt = None,
+    sides: SidesOpt = None,
+    threshold: Annotated[float, typer.Option(help="Bone threshold (grey level).")] = 75,
+    offset: Annotated[int, typer.Option(help="RoI start, slices below the junction.")] = 0,
+    count: Annotated[int, typer.Option(help="RoI length in slices.")] = 300,
+    keep_fibula: Annotated[bool, typer.Option(help="Do not remove the fibula.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace roi_ct groups written otherwise (e.g. converted).")
+    ] = False,
+    csv: Annotated[
+        str | None,
+        typer.Option(help="Metrics CSV joined with MiceMediRec (default: beside a local STORE)."),
+    ] = None,
+    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+) -> None:
+    """Composite of each week against week 0, cropped to the RoI, written to roi_ct.
+
+    180 kept, 240 formed, 60 resorbed; the RoI is COUNT slices below the tibia-fibula junction
+    found on week 0, fibula removed; per-scan metrics go to a CSV joined with MiceMediRec.
+    """
+    from bonemet_dask.ops.composite_store import composite_store
+
+    side_list = _choices("--sides", sides, SIDES)
+    if csv is None and "://" not in store:
+        local = Path(store.rstrip("/"))
+        csv = str(local.parent / f"{local.stem}_roi_metrics.csv")
+    with _client(cluster) as client, _progress("Composites") as update:
+        result = composite_store(
+            store,
+            out,
+            mice=_split(mice),
+            weeks=parse_weeks(weeks),
+            sides=side_list,
+            threshold=threshold,
+            offset=offset,
+            count=count,
+            remove_fibula=not keep_fibula,
+            overwrite=overwrite,
+            metrics_csv=csv,
+            client=client,
+            progress=update,
+        )
+    for key, junction in result.junctions.items():
+        flag = " [yellow](ambiguous)[/yellow]" if junction["ambiguous"] else ""
+        console.print(
+            f"{key}: junction at slice {junction['slice']}, "
+            f"confidence {junction['confidence']:.2f}{flag}"
+        )
+    console.print(f"wrote {len(result.written)} roi_ct scans in {result.seconds:.1f} s")
+    if result.csv:
+        console.print(f"metrics: {result.csv}")
+    for path, reason in result.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+
+
+@app.command()
+def preview(
+    store: Annotated[str, typer.Argument(help="Zarr store.")],
+    mouse: Annotated[str, typer.Option(help="Animal id.")],
+    week: Annotated[int, typer.Option(help="Week.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
+    component: Annotated[str, typer.Option(help=f"One of {', '.join(COMPONENTS)}.")] = "roi_ct",
+    side: Annotated[
+        str | None, typer.Option(help="left, right or both (default: first found).")
+    ] = None,
+    metrics: Annotated[
+        bool, typer.Option(help="roi_ct: add a panel of volumes per week for this tibia.")
+    ] = True,
+    slice_: Annotated[
+        int | None, typer.Option("--slice", help="Axial slice (default: the middle).")
+    ] = None,
+    width: Annotated[float, typer.Option(help="Figure width, inches.")] = 12.0,
+    height: Annotated[float, typer.Option(help="Figure height, inches.")] = 4.0,
+    dpi: Annotated[int, typer.Option(help="Pixels per inch.")] = 100,
+) -> None:
+    """PNG of orthogonal slices; roi_ct composites colour-coded (kept/formed/resorbed)."""
+    from bonemet_dask.preview import preview as write_preview
+
+    if component not in COMPONENTS:
+        raise typer.BadParameter(f"--component {component!r} is not one of {', '.join(COMPONENTS)}")
+    if side is not None and side not in SIDES:
+        raise typer.BadParameter(f"--side {side!r} is not one of {', '.join(SIDES)}")
+    try:
+        path = write_preview(
+            store,
+            output,
+            component=component,
+            mouse=mouse,
+            week=week,
+            side=side,
+            index=(slice_, None, None),
+            metrics=metrics,
+            size_in=(width, height),
+            dpi=dpi,
+        )
+    except KeyError as err:
+        err_console.print(f"[red]{err.args[0]}[/red]")
+        raise typer.Exit(EXIT_FAILURE) from None
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def info(
     store: Annotated[str, typer.Argument(help="Zarr store written by convert.")],
     max_scans: Annotated[int, typer.Option(help="Scans listed per component.")] = 40,
@@ -416,80 +623,20 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="LocalCluster workers.")] = None,
 ) -> None:
-    """Run the pipeline as it stands on a LocalCluster: synth, catalog, convert, reconstruct."""
-    from bonemet_dask.cluster import connect
-    from bonemet_dask.io.catalog import scan_source
-    from bonemet_dask.io.catalog_report import catalog_tables
-    from bonemet_dask.io.store_report import store_tree
-    from bonemet_dask.io.xr import open_store
-    from bonemet_dask.ops.convert import convert as run_convert
-    from bonemet_dask.ops.verify import verify as run_verify
-    from bonemet_dask.synth import TRUTH_FILE, SynthConfig, generate
+    """Run the whole pipeline on a synthetic BoneMet tree and an embedded LocalCluster.
 
-    source = out / "source"
-    store = out / "bonemet.zarr"
-    with connect("local", n_workers=workers) as client:
-        console.rule("bonemet-dask demo")
-        console.print(f"Dask dashboard: [bold cyan]{client.dashboard_link}[/bold cyan]")
-        config = SynthConfig(mice=mice, weeks=weeks, size=size, seed=seed)
-        started = time.perf_counter()
-        with _progress("1/4 synthetic BoneMet tree") as update:
-            generate(str(source), config, client=client, progress=update, overwrite=True)
-        console.print(f"  wrote {source} in {time.perf_counter() - started:.1f} s")
-        catalog = scan_source(str(source))
-        for table in catalog_tables(catalog):
-            console.print(table)
-        with _progress("2/4 convert to sharded OME-Zarr") as update:
-            report = run_convert(
-                catalog, str(store), client=client, progress=update, overwrite=True
-            )
-        console.print(
-            f"  converted {len(report.converted)} scans ({report.shards_written} shards, "
-            f"{report.bytes_read / 1e6:.1f} MB of PNG) in {report.seconds:.1f} s"
-        )
-        with _progress("3/4 verify store against source") as update:
-            checked = run_verify(catalog, str(store), client=client, progress=update)
-        console.print(
-            f"  verify: {'OK' if checked.ok else 'FAILED'}, {checked.checked_slices} slices"
-        )
-        console.print(store_tree(str(store), max_scans=6))
-        _demo_reconstruction(store, out / "reconstructed.zarr", client)
-        tree = open_store(str(store))
-        first = next(node for node in tree.subtree if "image" in node.dataset)
-        console.print(f"  xarray view of {first.path}:")
-        console.print(first.dataset["image"])
+    synth, catalog, convert, verify, FDK reconstruction, segmentation, registration, composite +
+    RoI + bone metrics, preview figure; each result is compared with the phantom's ground truth.
+    """
+    from bonemet_dask.demo import run_demo
+
+    paths = run_demo(
+        out, size=size, mice=mice, weeks=weeks, seed=seed, workers=workers, console=console,
+        progress=_progress,
+    )  # fmt: skip
     console.rule("results")
-    console.print(f"source tree:   {source.resolve()}/Imagery_Dataset")
-    console.print(f"records:       {source.resolve()}/MiceMediRec Dataset/record.csv")
-    console.print(f"ground truth:  {source.resolve()}/{TRUTH_FILE}")
-    console.print(f"Zarr store:    {store.resolve()}  (bm.open_store(...) or bonemet-dask info)")
-    console.print(f"FDK output:    {(out / 'reconstructed.zarr').resolve()}")
-
-
-def _demo_reconstruction(store: Path, out: Path, client) -> None:
-    """Reconstruct the first scan's projections and compare with the phantom's Recon-CT."""
-    import numpy as np
-    import zarr
-
-    from bonemet_dask.ops.reconstruct_store import reconstruct_store
-
-    started = time.perf_counter()
-    first = sorted(zarr.open_group(str(store), mode="r")["rotation_xray"].group_keys())[0]
-    with _progress("4/4 FDK reconstruction (Parker short scan)") as update:
-        report = reconstruct_store(
-            str(store), str(out), mice=[first], weeks=[0], overwrite=True, client=client,
-            progress=update,
-        )  # fmt: skip
-    path = report.written[0]
-    ours = zarr.open_group(str(out), mode="r")[path]["0"][:].astype(np.float64)
-    truth = zarr.open_group(str(store), mode="r")[path]["0"][:].astype(np.float64)
-    bone = truth >= 75
-    dice = 2 * (bone & (ours >= 75)).sum() / max(1, bone.sum() + (ours >= 75).sum())
-    console.print(
-        f"  FDK of {path} in {time.perf_counter() - started:.1f} s against the phantom: mean "
-        f"|error| {np.abs(ours - truth).mean():.2f} grey levels, correlation "
-        f"{np.corrcoef(ours.ravel(), truth.ravel())[0, 1]:.3f}, bone Dice {dice:.3f}"
-    )
+    for label, path in paths.items():
+        console.print(f"{label + ':':<15}{path.resolve()}")
 
 
 # ---------------------------------------------------------------- plumbing

@@ -188,9 +188,7 @@ def reconstruct(
         for b in range(len(angle_edges) - 1):
             rows = [blocks[b, j, 0] for j in range(first, last)]
             angles = np.arange(angle_edges[b], angle_edges[b + 1])
-            parts.append(
-                dask.delayed(_backproject)(rows, geometry, angles, sub, offset, backend)
-            )
+            parts.append(dask.delayed(_backproject)(rows, geometry, angles, sub, offset, backend))
         slabs.append(da.from_delayed(_tree_sum(parts), shape=sub.shape, dtype=np.float32))
     volume = da.concatenate(slabs, axis=0)
     result = _labelled(
