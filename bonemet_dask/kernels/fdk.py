@@ -605,26 +605,30 @@ def row_window(geometry: ConeGeometry, grid: VolumeGrid) -> tuple[int, int]:
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
-def _parallel_bp_kernel(filtered, cos_t, sin_t, center, out):  # pragma: no cover - numba
-    n_ang, n_det = filtered.shape
+def _parallel_bp_kernel(padded, offset, cos_t, sin_t, center, out):  # pragma: no cover - numba
+    """Accumulate ``padded`` (angles, offset zeros + detector + zeros) into ``out`` (y, x).
+
+    The zero margins cover every detector coordinate a pixel of ``out`` can reach, so the
+    inner loop needs no bounds test: a float32 multiply-add per pixel and view.
+    """
+    n_ang = padded.shape[0]
     n = out.shape[0]
     c_img = (n - 1) / 2.0
     for i in nb.prange(n):
         y = i - c_img
+        acc = np.zeros(n, np.float32)
         for a in range(n_ang):
-            ca = cos_t[a]
-            sa = sin_t[a]
-            row = filtered[a]
-            base = y * sa + center
+            ca = np.float32(cos_t[a])
+            row = padded[a]
+            s0 = np.float32(y * sin_t[a] + center + offset - c_img * cos_t[a])
             for j in range(n):
-                s = (j - c_img) * ca + base
-                if s <= -1.0 or s >= n_det:
-                    continue
-                i0 = math.floor(s)
-                fs = s - i0
-                v0 = row[i0] if i0 >= 0 else 0.0
-                v1 = row[i0 + 1] if i0 + 1 < n_det else 0.0
-                out[i, j] += v0 + fs * (v1 - v0)
+                s = s0 + np.float32(j) * ca  # >= 0 inside the margin: truncation is floor
+                i0 = np.int32(s)
+                fs = s - np.float32(i0)
+                v0 = row[i0]
+                acc[j] += v0 + fs * (row[i0 + 1] - v0)
+        for j in range(n):
+            out[i, j] += acc[j]
 
 
 def fbp_parallel_slice(
@@ -676,5 +680,10 @@ def fbp_parallel_slice(
     centre = (n_det - 1) / 2 if center is None else float(center)
     theta = np.deg2rad(angles)
     out = np.zeros((n_det, n_det), np.float32)
-    _parallel_bp_kernel(filtered, np.cos(theta), np.sin(theta), centre, out)
+    # detector coordinates reach centre +- (n_det - 1) / 2 * sqrt(2); pad with zeros past them
+    reach = (n_det - 1) / 2 * math.sqrt(2.0)
+    offset = max(math.ceil(reach - centre), math.ceil(centre + reach - (n_det - 1)), 0) + 2
+    padded = np.zeros((n_ang, n_det + 2 * offset), np.float32)
+    padded[:, offset : offset + n_det] = filtered
+    _parallel_bp_kernel(padded, offset, np.cos(theta), np.sin(theta), centre, out)
     return out
