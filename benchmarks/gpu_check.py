@@ -211,6 +211,131 @@ def check_reconstruct(args) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# segmentation, composite, RoI, metrics: one body on numpy and on cupy
+# --------------------------------------------------------------------------------------------
+
+
+def _host(value):
+    from bonemet_dask._backend import to_host
+
+    if isinstance(value, tuple | list):
+        return type(value)(_host(v) for v in value)
+    if hasattr(value, "shape"):
+        return to_host(value)
+    return value
+
+
+def compare_kernel(label: str, fn, args: tuple, kwargs: dict, repeat: int, tol: float) -> dict:
+    """Run ``fn`` on numpy ``args`` and on their CuPy copies; max difference over all outputs."""
+    import cupy
+
+    cpu_s, cpu = cpu_time(lambda: fn(*args, **kwargs))
+    dev_args = tuple(cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args)
+    gpu = _host(fn(*dev_args, **kwargs))
+    gpu_s = gpu_time(lambda: fn(*dev_args, **kwargs), repeat)
+    cpu_list = cpu if isinstance(cpu, tuple | list) else [cpu]
+    gpu_list = gpu if isinstance(gpu, tuple | list) else [gpu]
+    diff = 0.0
+    for c, g in zip(cpu_list, gpu_list, strict=True):
+        if hasattr(c, "shape"):
+            c, g = np.asarray(c), np.asarray(g)
+            if c.shape != g.shape:
+                return row(label, diff=np.inf, tol=tol, cpu_s=cpu_s, gpu_s=gpu_s)
+            if c.dtype.kind == "f":
+                both_nan = np.isnan(c) & np.isnan(g)
+                c, g = np.where(both_nan, 0, c), np.where(both_nan, 0, g)
+            diff = max(diff, rel_diff(c.astype(np.float64), g.astype(np.float64)))
+        else:
+            diff = max(diff, 0.0 if c == g else np.inf)
+    return row(label, diff=diff, tol=tol, cpu_s=cpu_s, gpu_s=gpu_s)
+
+
+def grey_volume(shape, seed: int = 0) -> np.ndarray:
+    """A noisy uint8 volume with bone-like blobs (values around the 75 threshold)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 3)
+    grey = 70 + field / field.std() * 40 + rng.normal(0, 8, shape)
+    return np.clip(grey, 0, 255).astype(np.uint8)
+
+
+@check("composite / threshold kernels")
+def check_composite(args) -> list[dict]:
+    from bonemet_dask.kernels import composite
+
+    shape = (128, 539, 509) if not args.quick else (32, 128, 128)
+    base, follow = grey_volume(shape, 1), grey_volume(shape, 2)
+    return [
+        compare_kernel(f"threshold_composite {shape}", composite.threshold_composite,
+                       (base, follow), {"level": 75}, args.repeat, 0.0),
+        compare_kernel(f"threshold_mask {shape}", composite.threshold_mask, (base,),
+                       {"level": 75}, args.repeat, 0.0),
+    ]  # fmt: skip
+
+
+@check("segmentation kernels")
+def check_segment(args) -> list[dict]:
+    from bonemet_dask.kernels import segment
+
+    shape = (128, 256, 256)
+    grey = grey_volume(shape, 3)
+    region = np.random.default_rng(4).random((32, 64, 64)) > 0.3
+    return [
+        compare_kernel("bin_bone_counts x4", segment.bin_bone_counts, (grey,),
+                       {"level": 75, "factor": 4}, args.repeat, 0.0),
+        compare_kernel("threshold_in_region x4", segment.threshold_in_region, (grey, region),
+                       {"level": 75, "factor": 4, "start": (0, 0, 0)}, args.repeat, 0.0),
+    ]  # fmt: skip
+
+
+@check("RoI, junction and metrics kernels")
+def check_roi_metrics(args) -> list[dict]:
+    from bonemet_dask.kernels import composite, junction, metrics, roi
+
+    shape = (60, 200, 180)
+    base, follow = grey_volume(shape, 5), grey_volume(shape, 6)
+    codes = composite.threshold_composite(base, follow, level=75)
+    outside = roi.outside_tibia(base, kind="greyscale", level=75)
+    return [
+        compare_kernel("junction.bin_bone_mask x2", junction.bin_bone_mask, (base,),
+                       {"level": 75, "factor": 2}, args.repeat, 0.0),
+        compare_kernel("roi.outside_tibia", roi.outside_tibia, (base,),
+                       {"kind": "greyscale", "level": 75}, args.repeat, 0.0),
+        compare_kernel("roi.fibula_mask", roi.fibula_mask, (outside,), {}, args.repeat, 0.0),
+        compare_kernel("metrics.slice_metrics (composite)", metrics.slice_metrics, (codes,),
+                       {"kind": "composite", "pixel_mm": (0.01, 0.01)}, args.repeat, 1e-9),
+        compare_kernel("metrics.slice_metrics (greyscale)", metrics.slice_metrics, (base,),
+                       {"kind": "greyscale", "pixel_mm": (0.01, 0.01)}, args.repeat, 1e-9),
+    ]  # fmt: skip
+
+
+@check("resample.affine_block (numba CPU vs cupyx affine_transform)")
+def check_resample(args) -> list[dict]:
+    from scipy.spatial.transform import Rotation
+
+    from bonemet_dask.kernels import resample
+
+    shape = (128, 256, 256) if args.quick else (256, 539, 509)
+    grey = grey_volume(shape, 7)
+    matrix = Rotation.from_euler("xyz", (5.0, -3.0, 2.0), degrees=True).as_matrix()
+    centre = (np.asarray(shape) - 1) / 2
+    offset = centre - matrix @ centre + np.array([1.3, -2.2, 0.7])
+    common = {"matrix": matrix, "offset": offset, "box_lo": (0, 0, 0), "in_shape": shape,
+              "out_start": (0, 0, 0), "out_shape": shape}  # fmt: skip
+    rows = []
+    for dtype, tol in ((np.uint8, 1 / 255), (np.float32, 1e-4)):
+        volume = grey.astype(dtype)
+        rows.append(compare_kernel(f"affine_block order 1 {dtype.__name__} {shape}",
+                                   resample.affine_block, (volume,), {**common, "order": 1},
+                                   args.repeat, tol))  # fmt: skip
+        voxels = int(np.prod(shape))
+        rows[-1]["mvox_s_gpu"] = voxels / rows[-1]["gpu_s"] / 1e6
+        rows[-1]["mvox_s_cpu"] = voxels / rows[-1]["cpu_s"] / 1e6
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def environment() -> dict:

@@ -331,15 +331,16 @@ def test_argument_errors(full_scan):
 def test_cupy_backprojection_matches_numba(full_scan, interpolation, tol):
     import cupy
 
+    proj, _ = full_scan
     idx = np.arange(FULL.angles_deg.size)
-    filtered = preweight_and_filter(full_scan, FULL, idx)
+    filtered = preweight_and_filter(proj, FULL, idx)
     cpu = backproject(filtered[:, 10:], FULL, idx, GRID, row_offset=10)
     gpu = backproject(
         cupy.asarray(filtered[:, 10:]), FULL, idx, GRID, row_offset=10, interpolation=interpolation
     )
     assert isinstance(gpu, cupy.ndarray)
     assert float(abs(gpu.get() - cpu).max()) <= tol * float(abs(cpu).max())
-    gpu_filtered = preweight_and_filter(cupy.asarray(full_scan), FULL, idx)
+    gpu_filtered = preweight_and_filter(cupy.asarray(proj), FULL, idx)
     np.testing.assert_allclose(gpu_filtered.get(), filtered, atol=1e-5 * abs(filtered).max())
 
 
