@@ -393,6 +393,33 @@ def _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover 
 
 
 @nb.njit(cache=True, fastmath=True, inline="always")
+def _rows_gathered(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover - numba
+    """Slices ``[k0, k1)`` (rows inside the window) by a float32 gather per slice.
+
+    The fallback for short runs (a wide cone, ``|dr - round(dr)|`` large): one float-to-int
+    conversion and four indexed loads per update, but no per-run bookkeeping.
+    """
+    last = np.int32(pc0.shape[0] - 2)
+    zero = np.int32(0)
+    r0f = np.float32(r0)
+    drf = np.float32(dr)
+    for k in range(k0, k1):
+        row = r0f + np.float32(k) * drf
+        ir = np.uintp(min(max(np.int32(row), zero), last))  # clamp float32 rounding
+        fr = row - np.float32(ir)
+        a = wc0 * pc0[ir] + wc1 * pc1[ir]
+        b = wc0 * pc0[ir + np.uintp(1)] + wc1 * pc1[ir + np.uintp(1)]
+        acc[k] += a + fr * (b - a)
+
+
+MIN_RUN = 16
+
+BRICK = 16
+"""Voxel columns per brick edge in :func:`_backproject_kernel` (accumulators stay in cache)."""
+"""Shortest expected run (``1 / |dr - m|`` slices) worth the run-splitting bookkeeping."""
+
+
+@nb.njit(cache=True, fastmath=True, inline="always")
 def _rows_in_runs(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover - numba
     """Slices ``[k0, k1)`` (rows inside the window), split into runs of constant ``row - m k``.
 
@@ -400,33 +427,37 @@ def _rows_in_runs(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover 
     magnification over the axis's, ``D / U``) and ``e = dr - m``, ``floor(r0 + k dr) - m k =
     floor(r0 + k e)`` is constant until ``r0 + k e`` crosses an integer: about ``1 / |e|``
     slices.  Each run is one affine :func:`_rows_strided` loop; the (rare) slices that rounding
-    puts outside the window go through :func:`_rows_checked`.
+    puts outside the window go through :func:`_rows_checked`.  Where runs would be shorter than
+    :data:`MIN_RUN` slices (far from the axis in a wide cone) :func:`_rows_gathered` is faster.
     """
     n_rows = pc0.shape[0]
     m = math.floor(dr + 0.5)
     e = dr - m
+    if abs(e) * MIN_RUN > 1.0:
+        _rows_gathered(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1)
+        return
     ef = np.float32(e)
+    inv_e = 1.0 / e if e != 0.0 else 0.0
     k = k0
     while k < k1:
         s = math.floor(r0 + k * e)
-        if e > 1e-9:
-            x = (s + 1 - r0) / e
+        if e > 0.0:
+            x = (s + 1 - r0) * inv_e
             k_end = k1 if x >= k1 else math.ceil(x)
-        elif e < -1e-9:
-            x = (s - r0) / e
+        elif e < 0.0:
+            x = (s - r0) * inv_e
             k_end = k1 if x >= k1 else math.floor(x) + 1
         else:
             k_end = k1
         k_end = min(max(k_end, k + 1), k1)
         # slices whose rows m k + s and m k + s + 1 both lie in [0, n_rows)
-        if m > 0:
+        if m == 1:
+            a0 = min(max(k, -s), k_end)
+            a1 = max(min(k_end, n_rows - 1 - s), a0)
+        else:
             a0 = min(max(k, -(s // m)), k_end)
             top = n_rows - 2 - s
             a1 = max(min(k_end, top // m + 1), a0) if top >= 0 else a0
-        elif 0 <= s <= n_rows - 2:
-            a0, a1 = k, k_end
-        else:
-            a0, a1 = k, k
         _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, k, a0)
         _rows_strided(acc, pc0, pc1, wc0, wc1, np.float32(r0 - s), ef, a0, a1, m, s)
         _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, a1, k_end)
@@ -435,52 +466,81 @@ def _rows_in_runs(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
 def _backproject_kernel(proj_t, mats, xs, ys, r_fov2, out):  # pragma: no cover - numba
-    """Accumulate ``proj_t`` (n, cols, rows window) into ``out`` (slice, y, x), float32."""
+    """Accumulate ``proj_t`` (n, cols, rows window) into ``out`` (slice, y, x), float32.
+
+    The voxel columns are swept in ``BRICK x BRICK`` bricks, projection by projection: a
+    brick's accumulators (``BRICK**2 * slices`` floats) and the detector columns its voxels
+    see in one projection stay in cache, where a column-by-column sweep would jump between
+    every projection's data for each column.
+    """
     n_proj, n_cols, n_rows = proj_t.shape
     nz, ny, nx = out.shape
-    for i in nb.prange(ny):
-        acc = np.zeros(nz, np.float32)
-        for j in range(nx):
-            if xs[j] * xs[j] + ys[i] * ys[i] > r_fov2:
+    b = BRICK
+    n_by = (ny + b - 1) // b
+    n_bx = (nx + b - 1) // b
+    for brick in nb.prange(n_by * n_bx):
+        i0 = (brick // n_bx) * b
+        j0 = (brick % n_bx) * b
+        i1 = min(i0 + b, ny)
+        j1 = min(j0 + b, nx)
+        acc = np.zeros((b, b, nz), np.float32)
+        inside = np.zeros((b, b), np.bool_)
+        any_inside = False
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                if xs[j] * xs[j] + ys[i] * ys[i] <= r_fov2:
+                    inside[i - i0, j - j0] = True
+                    any_inside = True
+        if not any_inside:
+            continue
+        for p in range(n_proj):
+            m = mats[p]
+            slope = m[1, 0]  # rows per slice times w (> 0: slices go down, rows go down)
+            if slope <= 0.0:
                 continue
-            acc[:] = 0.0
-            for p in range(n_proj):
-                m = mats[p]
-                w = m[2, 1] * i + m[2, 2] * j + m[2, 3]
-                inv_w = 1.0 / w
-                col = (m[0, 1] * i + m[0, 2] * j + m[0, 3]) * inv_w
-                if col <= -1.0 or col >= n_cols:
-                    continue
-                dr = m[1, 0] * inv_w  # rows per slice (> 0: slices go down, rows go down)
-                if dr <= 0.0:
-                    continue
-                ic = math.floor(col)
-                fc = col - ic
-                dist_w = inv_w * inv_w
-                wc0 = np.float32((1.0 - fc) * dist_w)
-                wc1 = np.float32(fc * dist_w)
-                c0 = ic
-                c1 = ic + 1
-                if c0 < 0:
-                    c0 = 0
-                    wc0 = np.float32(0.0)
-                if c1 > n_cols - 1:
-                    c1 = n_cols - 1
-                    wc1 = np.float32(0.0)
-                r0 = (m[1, 1] * i + m[1, 2] * j + m[1, 3]) * inv_w
-                pc0 = proj_t[p, c0]
-                pc1 = proj_t[p, c1]
-                # slices whose row lies in (-1, n_rows) touch the window at all
-                k_first = min(max(math.floor((-1.0 - r0) / dr) + 1, 0), nz)
-                k_last = min(max(math.floor((n_rows - r0) / dr) + 1, k_first), nz)
-                # inner range: 0 <= row < n_rows - 1, both bilinear rows inside the window
-                k_lo = min(max(math.ceil(-r0 / dr), k_first), k_last)
-                k_hi = min(max(math.ceil((n_rows - 1 - r0) / dr), k_lo), k_last)
-                _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, k_first, k_lo)
-                _rows_in_runs(acc, pc0, pc1, wc0, wc1, r0, dr, k_lo, k_hi)
-                _rows_checked(acc, pc0, pc1, wc0, wc1, r0, dr, k_hi, k_last)
-            for k in range(nz):
-                out[k, i, j] += acc[k]
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    if not inside[i - i0, j - j0]:
+                        continue
+                    w = m[2, 1] * i + m[2, 2] * j + m[2, 3]
+                    inv_w = 1.0 / w
+                    col = (m[0, 1] * i + m[0, 2] * j + m[0, 3]) * inv_w
+                    if col <= -1.0 or col >= n_cols:
+                        continue
+                    dr = slope * inv_w
+                    inv_dr = w / slope
+                    ic = math.floor(col)
+                    fc = col - ic
+                    dist_w = inv_w * inv_w
+                    wc0 = np.float32((1.0 - fc) * dist_w)
+                    wc1 = np.float32(fc * dist_w)
+                    c0 = ic
+                    c1 = ic + 1
+                    if c0 < 0:
+                        c0 = 0
+                        wc0 = np.float32(0.0)
+                    if c1 > n_cols - 1:
+                        c1 = n_cols - 1
+                        wc1 = np.float32(0.0)
+                    r0 = (m[1, 1] * i + m[1, 2] * j + m[1, 3]) * inv_w
+                    pc0 = proj_t[p, c0]
+                    pc1 = proj_t[p, c1]
+                    a = acc[i - i0, j - j0]
+                    # slices whose row lies in (-1, n_rows) touch the window at all
+                    k_first = min(max(math.floor((-1.0 - r0) * inv_dr) + 1, 0), nz)
+                    k_last = min(max(math.floor((n_rows - r0) * inv_dr) + 1, k_first), nz)
+                    # inner range: 0 <= row < n_rows - 1, both bilinear rows in the window
+                    k_lo = min(max(math.ceil(-r0 * inv_dr), k_first), k_last)
+                    k_hi = min(max(math.ceil((n_rows - 1 - r0) * inv_dr), k_lo), k_last)
+                    _rows_checked(a, pc0, pc1, wc0, wc1, r0, dr, k_first, k_lo)
+                    _rows_in_runs(a, pc0, pc1, wc0, wc1, r0, dr, k_lo, k_hi)
+                    _rows_checked(a, pc0, pc1, wc0, wc1, r0, dr, k_hi, k_last)
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                if inside[i - i0, j - j0]:
+                    a = acc[i - i0, j - j0]
+                    for k in range(nz):
+                        out[k, i, j] += a[k]
 
 
 def backproject(
