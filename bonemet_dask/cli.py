@@ -350,14 +350,20 @@ def reconstruct(
     ] = "hamming",
     keep_float: Annotated[bool, typer.Option(help="Also store float32 attenuation.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing recon_ct groups.")] = False,
+    backend: Annotated[
+        str, typer.Option(help="auto (CuPy on GPU workers, else numpy), numpy or cupy.")
+    ] = "auto",
     cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
 ) -> None:
     """Cone-beam FDK (Parker short-scan weights) of every selected projection scan."""
+    from bonemet_dask._backend import BACKENDS
     from bonemet_dask.ops.reconstruct import WINDOWS
     from bonemet_dask.ops.reconstruct_store import reconstruct_store
 
     if filter_ not in WINDOWS:
         raise typer.BadParameter(f"--filter {filter_!r} is not one of {', '.join(WINDOWS)}")
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     with _client(cluster) as client, _progress("Reconstructing scans") as update:
         result = reconstruct_store(
             store,
@@ -367,6 +373,7 @@ def reconstruct(
             filter=filter_,
             keep_float=keep_float,
             overwrite=overwrite,
+            backend=backend,
             client=client,
             progress=update,
         )

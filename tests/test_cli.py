@@ -96,3 +96,9 @@ def test_plan_profile_full_sizes_the_published_dataset():
 def test_plan_shows_the_conversion_plan(tree):
     result = CliRunner().invoke(app, ["plan", str(tree)], env=WIDE)
     assert "Conversion plan" in result.output and "shards = tasks" in result.output
+
+
+def test_reconstruct_refuses_an_unknown_backend(tmp_path):
+    result = CliRunner().invoke(app, ["reconstruct", str(tmp_path), "--backend", "opencl"])
+    assert result.exit_code == 2
+    assert "auto, numpy, cupy" in result.output

@@ -68,6 +68,7 @@ def reconstruct_store(
     window: tuple[float, float] | None = None,
     keep_float: bool = False,
     overwrite: bool = False,
+    backend: str = "auto",
     storage_options: dict | None = None,
     client: Any = None,
     progress: Callable[[int, int], None] | None = None,
@@ -90,6 +91,9 @@ def reconstruct_store(
         (``Minimum/Maximum for CS to Image Conversion``) when the store has one, else percentiles.
     keep_float : bool
         Also store the float32 attenuation as array ``attenuation``.
+    backend : {"auto", "numpy", "cupy"}
+        Where the filter and backprojection tasks run (see ``reconstruct``): ``"auto"`` uses
+        CuPy on workers with a working GPU.
 
     Notes
     -----
@@ -136,8 +140,9 @@ def reconstruct_store(
             "ct", grid.shape, "uint8", voxel_size_um=geometry.voxel_size * 1000
         )
         volume = reconstruct(
-            projections, geometry, filter=filter, grid=grid, slab_slices=layout.slices_per_shard
-        )
+            projections, geometry, filter=filter, grid=grid, slab_slices=layout.slices_per_shard,
+            backend=backend,
+        )  # fmt: skip
         lo, hi = window or _window_from_store(tree, attrs) or _percentile_window(volume)
         provenance = volume.attrs["bonemet"]["provenance"] | {
             "input": node.path,
