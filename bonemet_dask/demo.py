@@ -78,7 +78,7 @@ def run_demo(
         truth = json.loads(paths["ground truth"].read_text(encoding="utf-8"))
         _reconstruct(store, paths["FDK output"], client, console, progress)
         _segment(store, derived, truth, client, console, progress)
-        _register(derived, store, client, console, progress)
+        _register(derived, store, truth, client, console, progress)
         roi_slices = max(1, round(300 * config.linear_scale))  # 300 at full size
         _composite(derived, store, truth, roi_slices, paths, client, console, progress)
     return paths
@@ -125,7 +125,7 @@ def _segment(store: Path, derived: Path, truth, client, console: Console, progre
         report = segment_store(
             str(store), str(derived), overwrite=True, client=client, progress=update
         )
-    table = Table("seg_ct group", "crop box (slice, y, x)", "bone Dice vs published Seg-CT")
+    table = Table("seg_ct scan", "crop box (slice, y, x)", "Dice vs published")
     ours_root = zarr.open_group(str(derived), mode="r")
     published_root = zarr.open_group(str(store), mode="r")
     for path in report.written:
@@ -137,7 +137,7 @@ def _segment(store: Path, derived: Path, truth, client, console: Console, progre
         week_truth = truth["mice"][mouse]["weeks"][week.removeprefix("week")]
         published_lo = week_truth["seg_box"][side]["lo"]
         dice = _dice_in_source(ours, box["lo"], published, published_lo)
-        table.add_row(path, f"{box['lo']} .. {box['hi']}", f"{dice:.3f}")
+        table.add_row(path.split("/", 1)[1], f"{box['lo']} .. {box['hi']}", f"{dice:.3f}")
     console.print(table)
     console.print(f"  segmented {len(report.written)} tibiae in {report.seconds:.1f} s")
     for path, why in report.failed:
@@ -156,30 +156,87 @@ def _dice_in_source(ours, ours_lo, published, published_lo) -> float:
     return _dice(canvas_a, canvas_b)
 
 
-def _register(derived: Path, store: Path, client, console: Console, progress: Progress):
-    """Register every segmented tibia; compare with the published (synthetic) Regist-CT."""
+def _register(derived: Path, store: Path, truth, client, console: Console, progress: Progress):
+    """Register every segmented tibia; pose errors against the phantom's generating pose."""
     from bonemet_dask.ops.register_store import register_store
+    from bonemet_dask.transform import RigidTransform
 
     with progress("6/8 register tibiae (week 0 vertical, later weeks to week 0)") as update:
         report = register_store(str(derived), overwrite=True, client=client, progress=update)
-    table = Table("regist_ct group", "metric", "quality", "bone Dice vs published Regist-CT")
+    table = Table("regist_ct scan", "NCC", "flag", "pose error", "Dice vs published")
     ours_root = zarr.open_group(str(derived), mode="r")
     published_root = zarr.open_group(str(store), mode="r")
+    h_um = truth["grids"]["recon"]["voxel_size_mm"] * 1000
     for path in report.written:
+        _, mouse, side, week = path.split("/")
         group = ours_root[path]
         record = group.attrs["bonemet"].get("registration", {})
+        found = RigidTransform.from_dict(record["transform"])
+        crop_lo = ours_root[f"seg_ct/{mouse}/{side}/{week}"].attrs["bonemet"]["crop_box"]["lo"]
+        expected = _true_transform(
+            truth, mouse, side, int(week.removeprefix("week")), crop_lo, h_um
+        )
+        angle, shift = _pose_error(found, expected, record["output_shape"], h_um)
         ours = group["0"][:] >= 75
         published = published_root[path]["0"][:] >= 75 if path in published_root else None
         same = published is not None and published.shape == ours.shape
         table.add_row(
-            path, f"{record.get('metric', {}).get('value', float('nan')):.3f}",
-            str(record.get("quality", "?")),
-            f"{_dice(ours, published):.3f}" if same else "n/a (other grid)",
+            path.split("/", 1)[1], f"{record.get('metric', {}).get('value', float('nan')):.3f}",
+            str(record.get("quality", "?")), f"{angle:.2f}° / {shift:.2f} voxel",
+            f"{_dice(ours, published):.3f}" if same else "n/a",
         )  # fmt: skip
     console.print(table)
-    console.print(f"  registered {len(report.written)} tibiae in {report.seconds:.1f} s")
+    console.print(
+        f"  registered {len(report.written)} tibiae in {report.seconds:.1f} s (pose error: the "
+        "found transform against the phantom's pose, leg placement and crop; the reference is "
+        "the average leg, so anatomy differences count too)"
+    )
     for path, metric in report.poor:
         console.print(f"  [yellow]poor registration[/yellow] {path}: metric {metric:.3f}")
+
+
+def _index_to_world(grid) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = grid.steps.T
+    m[:3, 3] = grid.origin
+    return m
+
+
+def _true_transform(truth, mouse: str, side: str, week: int, crop_lo, h_um: float):
+    """Reference-grid micrometres -> Seg-CT crop micrometres, from the phantom's truth.
+
+    reference index -> leg side frame -> holder (leg placement) -> scan pose -> Recon-CT index
+    -> crop index: the map a perfect registration to the phantom's own leg would return.
+    """
+    from bonemet_dask.geometry import VolumeGrid
+    from bonemet_dask.synth.anatomy import KNEE_Z, LEG_OFFSET_X, pose_matrix
+    from bonemet_dask.synth.primitives import rotation_matrix
+    from bonemet_dask.synth.reference import reference_grid
+    from bonemet_dask.transform import RigidTransform
+
+    g = truth["grids"]["recon"]
+    crop = _index_to_world(VolumeGrid(tuple(g["shape"]), g["voxel_size_mm"], tuple(g["centre_mm"])))
+    crop[:3, 3] += crop[:3, :3] @ np.asarray(crop_lo, np.float64)
+    leg = truth["mice"][mouse]["legs"][side]
+    yaw = leg["leg_yaw_deg"] if side == "right" else -leg["leg_yaw_deg"]
+    place = np.eye(4)
+    place[:3, :3] = rotation_matrix((yaw, 0.0, 0.0))
+    place[:3, 3] = (-LEG_OFFSET_X if side == "left" else LEG_OFFSET_X, 0.0, KNEE_Z)
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = pose_matrix(truth["mice"][mouse]["weeks"][str(week)]["pose"])
+    fixed = _index_to_world(reference_grid(side, h_um))
+    scale = np.diag([h_um] * 3 + [1.0])
+    matrix = scale @ np.linalg.inv(crop) @ pose @ place @ fixed @ np.linalg.inv(scale)
+    return RigidTransform.from_matrix(matrix)
+
+
+def _pose_error(found, expected, shape, h_um: float) -> tuple[float, float]:
+    """Rotation (degrees) and shift at the grid centre (voxels) between two transforms."""
+    difference = found.inverse() @ expected
+    angle = float(np.degrees(np.linalg.norm(difference.rotation_vector)))
+    centre = (np.asarray(shape, np.float64) - 1) / 2 * h_um
+    shift = float(np.linalg.norm(found.apply(centre) - expected.apply(centre)) / h_um)
+    return angle, shift
 
 
 def _composite(derived: Path, store: Path, truth, roi_slices, paths, client, console, progress):
@@ -192,7 +249,7 @@ def _composite(derived: Path, store: Path, truth, roi_slices, paths, client, con
         report = composite_store(
             str(derived), count=roi_slices, overwrite=True, client=client, progress=update
         )
-    table = Table("roi_ct group", "junction (found / truth)", "confidence", "formed mm³",
+    table = Table("roi_ct scan", "junction found / truth", "confidence", "formed mm³",
                   "resorbed mm³")  # fmt: skip
     for path in report.written:
         _, mouse, side, week = path.split("/")
@@ -201,7 +258,7 @@ def _composite(derived: Path, store: Path, truth, roi_slices, paths, client, con
         expected = expected.get("roi", {}).get(side, {}).get("junction_regist_slice", "?")
         row = _metrics_row(report.metrics, mouse, side, int(week.removeprefix("week")))
         table.add_row(
-            path, f"{junction.get('slice', '?')} / {expected}",
+            path.split("/", 1)[1], f"{junction.get('slice', '?')} / {expected}",
             f"{junction.get('confidence', float('nan')):.2f}",
             f"{row.get('formed_volume_mm3', float('nan')):.3f}",
             f"{row.get('resorbed_volume_mm3', float('nan')):.3f}",
