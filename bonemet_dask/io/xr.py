@@ -79,6 +79,10 @@ def open_store(
     root = zarr.open_group(zstore, mode="r")
     members = dict(root.members(max_depth=None))  # one concurrent walk of all metadata
     nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=get_bonemet_attrs(root))}
+    children: dict[str, list[str]] = {}
+    for key in members:
+        parent, _, name = key.rpartition("/")
+        children.setdefault(parent, []).append(name)
     for path, node in sorted(members.items()):
         parts = path.split("/")
         if len(parts) != 4 or not isinstance(node, zarr.Group):
@@ -93,15 +97,40 @@ def open_store(
         if not isinstance(image, zarr.Array) or not isinstance(index, zarr.Array):
             logger.warning("open_store: scan group %r lacks array '0' or 'slice_index'", path)
             continue
-        nodes["/" + path] = _scan_dataset(node, image, index, parts, chunks=chunks)
+        # other arrays of the scan on the same grid (seg_ct "mask", roi_ct "greyscale", ...),
+        # from the metadata walk above: no extra listing per group
+        extras = {
+            name: array
+            for name in children.get(path, ())
+            if name not in _OWN_ARRAYS
+            and isinstance(array := members[f"{path}/{name}"], zarr.Array)
+            and array.shape == image.shape
+            and array.metadata.dimension_names == image.metadata.dimension_names
+        }
+        nodes["/" + path] = _scan_dataset(node, image, index, parts, chunks=chunks, extras=extras)
     records = members.get(RECORDS_GROUP)
     if isinstance(records, zarr.Group) and "columns" in records.attrs.get("bonemet", {}):
         nodes["/" + RECORDS_GROUP] = _records_dataset(records)
     return xr.DataTree.from_dict(nodes)
 
 
+_OWN_ARRAYS = ("0", "slice_index", "slice_hash")
+
+
+def _lazy(array: zarr.Array, chunks: str) -> da.Array:
+    block = array.chunks if chunks == "inner" else (array.shards or array.chunks)
+    name = "bonemet-" + tokenize(str(array.store), array.path, array.shape, str(array.dtype), block)
+    return da.from_array(array, chunks=block, name=name, lock=False, asarray=True, fancy=False)
+
+
 def _scan_dataset(
-    group: zarr.Group, image: zarr.Array, index: zarr.Array, parts: list[str], *, chunks: str
+    group: zarr.Group,
+    image: zarr.Array,
+    index: zarr.Array,
+    parts: list[str],
+    *,
+    chunks: str,
+    extras: dict[str, zarr.Array] | None = None,
 ) -> xr.Dataset:
     attrs = get_bonemet_attrs(group)
     stored_dims = tuple(image.metadata.dimension_names or ())
@@ -115,9 +144,7 @@ def _scan_dataset(
     if scale is None or len(scale) != 3:
         logger.warning("open_store: %r has no OME scale; using 1.0", group.path)
         scale = (1.0, 1.0, 1.0)
-    block = image.chunks if chunks == "inner" else (image.shards or image.chunks)
-    name = "bonemet-" + tokenize(str(image.store), image.path, image.shape, str(image.dtype), block)
-    data = da.from_array(image, chunks=block, name=name, lock=False, asarray=True, fancy=False)
+    data = _lazy(image, chunks)
     source_index = np.asarray(index[:], dtype=np.int64)
     micrometre = {"units": "micrometer"}
     coords: dict[str, Any] = {
@@ -136,7 +163,10 @@ def _scan_dataset(
         else:
             coords["angle"] = ("angle", source_index, {"long_name": "projection index"})
         coords["index"] = ("angle", source_index, {"long_name": "source file index"})
-    return xr.Dataset({"image": (dims, data)}, coords=coords, attrs=attrs)
+    variables = {"image": (dims, data)}
+    for name, array in sorted((extras or {}).items()):  # e.g. seg_ct "mask", roi_ct "greyscale"
+        variables[name] = (dims, _lazy(array, chunks))
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
 def _records_dataset(group: zarr.Group) -> xr.Dataset:

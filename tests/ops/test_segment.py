@@ -287,3 +287,14 @@ def test_cli_segment(dataset, tmp_path):
     assert runner.invoke(app, ["segment", str(store), "--threshold", "0"]).exit_code == 2
     failed = runner.invoke(app, ["segment", str(one_leg_store(dataset, tmp_path / "one.zarr"))])
     assert failed.exit_code == 1 and "only one leg found" in failed.output
+
+
+def test_open_store_surfaces_the_mask_beside_the_image(dataset, tmp_path):
+    out = tmp_path / "derived.zarr"
+    bm.segment_store(str(dataset[0]), str(out), mice=["851"], weeks=[0])
+    scan = bm.open_store(str(out))["seg_ct/851/left/week0"].dataset
+    assert list(scan.data_vars) == ["image", "mask"]
+    assert scan["mask"].dims == scan["image"].dims and scan["mask"].dtype == np.uint8
+    np.testing.assert_array_equal(
+        scan["mask"].values, zarr.open_group(str(out), mode="r")["seg_ct/851/left/week0/mask"][:]
+    )
