@@ -413,10 +413,10 @@ def _rows_gathered(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover
 
 
 MIN_RUN = 16
+"""Shortest expected run (``1 / |dr - m|`` slices) worth the run-splitting bookkeeping."""
 
 BRICK = 16
 """Voxel columns per brick edge in :func:`_backproject_kernel` (accumulators stay in cache)."""
-"""Shortest expected run (``1 / |dr - m|`` slices) worth the run-splitting bookkeeping."""
 
 
 @nb.njit(cache=True, fastmath=True, inline="always")
@@ -433,7 +433,7 @@ def _rows_in_runs(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover 
     n_rows = pc0.shape[0]
     m = math.floor(dr + 0.5)
     e = dr - m
-    if abs(e) * MIN_RUN > 1.0:
+    if m < 1 or abs(e) * MIN_RUN > 1.0:  # m = 0: voxels under half a row, no runs to use
         _rows_gathered(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1)
         return
     ef = np.float32(e)
@@ -454,7 +454,7 @@ def _rows_in_runs(acc, pc0, pc1, wc0, wc1, r0, dr, k0, k1):  # pragma: no cover 
         if m == 1:
             a0 = min(max(k, -s), k_end)
             a1 = max(min(k_end, n_rows - 1 - s), a0)
-        else:
+        else:  # m >= 2
             a0 = min(max(k, -(s // m)), k_end)
             top = n_rows - 2 - s
             a1 = max(min(k_end, top // m + 1), a0) if top >= 0 else a0
