@@ -159,6 +159,7 @@ def _dice_in_source(ours, ours_lo, published, published_lo) -> float:
 def _register(derived: Path, store: Path, truth, client, console: Console, progress: Progress):
     """Register every segmented tibia; pose errors against the phantom's generating pose."""
     from bonemet_dask.ops.register_store import register_store
+    from bonemet_dask.synth.reference import scan_transform
     from bonemet_dask.transform import RigidTransform
 
     with progress("6/8 register tibiae (week 0 vertical, later weeks to week 0)") as update:
@@ -173,9 +174,7 @@ def _register(derived: Path, store: Path, truth, client, console: Console, progr
         record = group.attrs["bonemet"].get("registration", {})
         found = RigidTransform.from_dict(record["transform"])
         crop_lo = ours_root[f"seg_ct/{mouse}/{side}/{week}"].attrs["bonemet"]["crop_box"]["lo"]
-        expected = _true_transform(
-            truth, mouse, side, int(week.removeprefix("week")), crop_lo, h_um
-        )
+        expected = scan_transform(truth, mouse, side, int(week.removeprefix("week")), crop_lo, h_um)
         angle, shift = _pose_error(found, expected, record["output_shape"], h_um)
         ours = group["0"][:] >= 75
         published = published_root[path]["0"][:] >= 75 if path in published_root else None
@@ -193,41 +192,6 @@ def _register(derived: Path, store: Path, truth, client, console: Console, progr
     )
     for path, metric in report.poor:
         console.print(f"  [yellow]poor registration[/yellow] {path}: metric {metric:.3f}")
-
-
-def _index_to_world(grid) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3] = grid.steps.T
-    m[:3, 3] = grid.origin
-    return m
-
-
-def _true_transform(truth, mouse: str, side: str, week: int, crop_lo, h_um: float):
-    """Reference-grid micrometres -> Seg-CT crop micrometres, from the phantom's truth.
-
-    reference index -> leg side frame -> holder (leg placement) -> scan pose -> Recon-CT index
-    -> crop index: the map a perfect registration to the phantom's own leg would return.
-    """
-    from bonemet_dask.geometry import VolumeGrid
-    from bonemet_dask.synth.anatomy import KNEE_Z, LEG_OFFSET_X, pose_matrix
-    from bonemet_dask.synth.primitives import rotation_matrix
-    from bonemet_dask.synth.reference import reference_grid
-    from bonemet_dask.transform import RigidTransform
-
-    g = truth["grids"]["recon"]
-    crop = _index_to_world(VolumeGrid(tuple(g["shape"]), g["voxel_size_mm"], tuple(g["centre_mm"])))
-    crop[:3, 3] += crop[:3, :3] @ np.asarray(crop_lo, np.float64)
-    leg = truth["mice"][mouse]["legs"][side]
-    yaw = leg["leg_yaw_deg"] if side == "right" else -leg["leg_yaw_deg"]
-    place = np.eye(4)
-    place[:3, :3] = rotation_matrix((yaw, 0.0, 0.0))
-    place[:3, 3] = (-LEG_OFFSET_X if side == "left" else LEG_OFFSET_X, 0.0, KNEE_Z)
-    pose = np.eye(4)
-    pose[:3, :3], pose[:3, 3] = pose_matrix(truth["mice"][mouse]["weeks"][str(week)]["pose"])
-    fixed = _index_to_world(reference_grid(side, h_um))
-    scale = np.diag([h_um] * 3 + [1.0])
-    matrix = scale @ np.linalg.inv(crop) @ pose @ place @ fixed @ np.linalg.inv(scale)
-    return RigidTransform.from_matrix(matrix)
 
 
 def _pose_error(found, expected, shape, h_um: float) -> tuple[float, float]:

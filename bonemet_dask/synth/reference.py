@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from bonemet_dask.geometry import VolumeGrid
-from bonemet_dask.synth.anatomy import LegAnatomy, leg_phantom
+from bonemet_dask.synth.anatomy import LegAnatomy, leg_phantom, leg_placement, pose_matrix
 from bonemet_dask.synth.config import (
     PUBLISHED_REGIST,
     REGIST_CENTRE_LATERAL_MM,
@@ -27,7 +27,7 @@ from bonemet_dask.synth.config import (
 )
 from bonemet_dask.synth.render import voxelize
 
-__all__ = ["reference_grid", "reference_leg", "reference_tibia"]
+__all__ = ["reference_grid", "reference_leg", "reference_tibia", "scan_transform"]
 
 PUBLISHED_VOXEL_UM = 10.0
 """Voxel size of the published Regist-CT grid, micrometres."""
@@ -208,3 +208,40 @@ def posed_tibia(
         name="image",
     )
     return volume, RigidTransform.from_matrix(matrix)
+
+
+def scan_transform(
+    truth: dict, mouse: str, side: str, week: int, crop_lo, voxel_size_um: float
+) -> object:
+    """The registration a generated scan should get: reference micrometres -> crop micrometres.
+
+    Composes, from ``synthetic_truth.json`` (``truth``): the reference grid's index -> the leg's
+    side frame -> the holder (:func:`~bonemet_dask.synth.anatomy.leg_placement`) -> the scan's
+    pose -> the Recon-CT index -> the index in a crop whose first voxel is ``crop_lo`` (a Seg-CT
+    box).  The reference is the average leg, so a registration of the scan's own leg differs
+    from this map by that leg's anatomy only.
+
+    Returns
+    -------
+    RigidTransform
+        In the conventions of :mod:`bonemet_dask.transform` (fixed -> moving micrometres).
+    """
+    from types import SimpleNamespace
+
+    from bonemet_dask.transform import RigidTransform
+
+    g = truth["grids"]["recon"]
+    crop = _index_to_world_matrix(
+        VolumeGrid(tuple(g["shape"]), g["voxel_size_mm"], tuple(g["centre_mm"]))
+    )
+    crop[:3, 3] += crop[:3, :3] @ np.asarray(crop_lo, np.float64)
+    leg = SimpleNamespace(side=side, leg_yaw_deg=truth["mice"][mouse]["legs"][side]["leg_yaw_deg"])
+    place = np.eye(4)
+    place[:3, :3], place[:3, 3] = leg_placement(leg)
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = pose_matrix(truth["mice"][mouse]["weeks"][str(week)]["pose"])
+    fixed = _index_to_world_matrix(reference_grid(side, voxel_size_um))
+    scale = np.diag([voxel_size_um] * 3 + [1.0])
+    return RigidTransform.from_matrix(
+        scale @ np.linalg.inv(crop) @ pose @ place @ fixed @ np.linalg.inv(scale)
+    )
