@@ -12,7 +12,6 @@ importable ``cupy`` on a machine without a driver is not a GPU.
 from __future__ import annotations
 
 import functools
-import sys
 from types import ModuleType
 from typing import Any, Literal
 
@@ -140,8 +139,3 @@ def meta_like(array: Any, dtype: Any, ndim: int | None = None) -> Any:
     xp = array_namespace(meta)
     ndim = meta.ndim if ndim is None else ndim
     return xp.empty((0,) * ndim, dtype=dtype)
-
-
-def cupy_loaded() -> bool:
-    """Whether this process has imported cupy (tests check CPU paths never do)."""
-    return "cupy" in sys.modules
