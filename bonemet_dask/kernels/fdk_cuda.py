@@ -31,16 +31,79 @@ BLOCK = (32, 8, 1)
 _SOURCE = r"""
 #define KZ 16
 
-__device__ __forceinline__ bool setup(const float* __restrict__ mats, int p, int i, int j,
-                                      int n_cols, float& col, float& r0, float& dr, float& dw) {
-    const float* m = mats + 12 * p;
-    float w = m[9] * i + m[10] * j + m[11];
-    float inv_w = 1.0f / w;
-    col = (m[1] * i + m[2] * j + m[3]) * inv_w;
-    dr = m[4] * inv_w;
-    r0 = (m[5] * i + m[6] * j + m[7]) * inv_w;
-    dw = inv_w * inv_w;
-    return !(col <= -1.0f || col >= (float)n_cols || dr <= 0.0f);
+// Per-projection bilinear samplers of the filtered projections, zero outside the window.
+// view(p, col, dw) prepares projection p for the voxel column's detector column and distance
+// weight; at(row) returns the weighted sample at a fractional detector row.
+struct LinearSampler {
+    const float* proj; int n_rows, n_cols;
+    const float* P; int ca, cb; float wc0, wc1;
+    __device__ __forceinline__ void view(int p, float col, float dw) {
+        int c0 = (int)floorf(col);
+        float fc = col - (float)c0;
+        wc0 = (c0 >= 0) ? (1.0f - fc) * dw : 0.0f;
+        wc1 = (c0 + 1 <= n_cols - 1) ? fc * dw : 0.0f;
+        ca = max(c0, 0); cb = min(c0 + 1, n_cols - 1);
+        P = proj + (size_t)p * n_rows * n_cols;
+    }
+    __device__ __forceinline__ float at(float row) const {
+        int ir = (int)floorf(row);
+        float fr = row - (float)ir, a = 0.0f, b = 0.0f;
+        if (ir >= 0 && ir < n_rows) {
+            const float* R = P + (size_t)ir * n_cols;
+            a = wc0 * __ldg(R + ca) + wc1 * __ldg(R + cb);
+        }
+        if (ir + 1 >= 0 && ir + 1 < n_rows) {
+            const float* R = P + (size_t)(ir + 1) * n_cols;
+            b = wc0 * __ldg(R + ca) + wc1 * __ldg(R + cb);
+        }
+        return a + fr * (b - a);
+    }
+};
+
+struct TextureSampler {  // hardware bilinear filter, zero border; texel centres at +0.5
+    cudaTextureObject_t tex;
+    float u, layer, dw;
+    __device__ __forceinline__ void view(int p, float col, float w) {
+        u = col + 0.5f; layer = (float)p + 0.5f; dw = w;
+    }
+    __device__ __forceinline__ float at(float row) const {
+        return dw * tex3D<float>(tex, u, row + 0.5f, layer);
+    }
+};
+
+// One thread: voxel column (i, j), slices k0 .. k0 + KZ - 1, every projection.
+template <class Sampler>
+__device__ __forceinline__ void backproject(Sampler s, const float* __restrict__ mats,
+                                            int n_proj, int n_cols, float* __restrict__ out,
+                                            int nz, int ny, int nx,
+                                            float ox, float oy, float h, float r_fov2) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    int i = blockIdx.y * blockDim.y + threadIdx.y;
+    int k0 = blockIdx.z * KZ;
+    if (i >= ny || j >= nx) return;
+    float x = ox + h * j, y = oy + h * i;
+    if (x * x + y * y > r_fov2) return;
+    float acc[KZ];
+#pragma unroll
+    for (int kk = 0; kk < KZ; ++kk) acc[kk] = 0.0f;
+    for (int p = 0; p < n_proj; ++p) {
+        const float* m = mats + 12 * p;
+        float w = m[9] * i + m[10] * j + m[11];
+        float inv_w = 1.0f / w;
+        float col = (m[1] * i + m[2] * j + m[3]) * inv_w;
+        float dr = m[4] * inv_w;
+        float r0 = (m[5] * i + m[6] * j + m[7]) * inv_w;
+        if (col <= -1.0f || col >= (float)n_cols || dr <= 0.0f) continue;
+        s.view(p, col, inv_w * inv_w);
+#pragma unroll
+        for (int kk = 0; kk < KZ; ++kk) acc[kk] += s.at(r0 + (float)(k0 + kk) * dr);
+    }
+    size_t plane = (size_t)ny * nx;
+#pragma unroll
+    for (int kk = 0; kk < KZ; ++kk) {
+        int k = k0 + kk;
+        if (k < nz) out[k * plane + (size_t)i * nx + j] += acc[kk];
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -48,47 +111,9 @@ fdk_bp_linear(const float* __restrict__ proj, const float* __restrict__ mats,
               int n_proj, int n_rows, int n_cols,
               float* __restrict__ out, int nz, int ny, int nx,
               float ox, float oy, float h, float r_fov2) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    int i = blockIdx.y * blockDim.y + threadIdx.y;
-    int k0 = blockIdx.z * KZ;
-    if (i >= ny || j >= nx) return;
-    float x = ox + h * j, y = oy + h * i;
-    if (x * x + y * y > r_fov2) return;
-    float acc[KZ];
-#pragma unroll
-    for (int kk = 0; kk < KZ; ++kk) acc[kk] = 0.0f;
-    for (int p = 0; p < n_proj; ++p) {
-        float col, r0, dr, dw;
-        if (!setup(mats, p, i, j, n_cols, col, r0, dr, dw)) continue;
-        int c0 = (int)floorf(col);
-        float fc = col - (float)c0;
-        float wc0 = (c0 >= 0) ? (1.0f - fc) * dw : 0.0f;
-        float wc1 = (c0 + 1 <= n_cols - 1) ? fc * dw : 0.0f;
-        int ca = max(c0, 0), cb = min(c0 + 1, n_cols - 1);
-        const float* P = proj + (size_t)p * n_rows * n_cols;
-#pragma unroll
-        for (int kk = 0; kk < KZ; ++kk) {
-            float row = r0 + (float)(k0 + kk) * dr;
-            int ir = (int)floorf(row);
-            float fr = row - (float)ir;
-            float a = 0.0f, b = 0.0f;
-            if (ir >= 0 && ir < n_rows) {
-                const float* R = P + (size_t)ir * n_cols;
-                a = wc0 * __ldg(R + ca) + wc1 * __ldg(R + cb);
-            }
-            if (ir + 1 >= 0 && ir + 1 < n_rows) {
-                const float* R = P + (size_t)(ir + 1) * n_cols;
-                b = wc0 * __ldg(R + ca) + wc1 * __ldg(R + cb);
-            }
-            acc[kk] += a + fr * (b - a);
-        }
-    }
-    size_t plane = (size_t)ny * nx;
-#pragma unroll
-    for (int kk = 0; kk < KZ; ++kk) {
-        int k = k0 + kk;
-        if (k < nz) out[k * plane + (size_t)i * nx + j] += acc[kk];
-    }
+    LinearSampler s;
+    s.proj = proj; s.n_rows = n_rows; s.n_cols = n_cols;
+    backproject(s, mats, n_proj, n_cols, out, nz, ny, nx, ox, oy, h, r_fov2);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -96,31 +121,9 @@ fdk_bp_texture(cudaTextureObject_t tex, const float* __restrict__ mats,
                int n_proj, int n_rows, int n_cols,
                float* __restrict__ out, int nz, int ny, int nx,
                float ox, float oy, float h, float r_fov2) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    int i = blockIdx.y * blockDim.y + threadIdx.y;
-    int k0 = blockIdx.z * KZ;
-    if (i >= ny || j >= nx) return;
-    float x = ox + h * j, y = oy + h * i;
-    if (x * x + y * y > r_fov2) return;
-    float acc[KZ];
-#pragma unroll
-    for (int kk = 0; kk < KZ; ++kk) acc[kk] = 0.0f;
-    for (int p = 0; p < n_proj; ++p) {
-        float col, r0, dr, dw;
-        if (!setup(mats, p, i, j, n_cols, col, r0, dr, dw)) continue;
-        float u = col + 0.5f, layer = (float)p + 0.5f;
-#pragma unroll
-        for (int kk = 0; kk < KZ; ++kk) {
-            float row = r0 + (float)(k0 + kk) * dr;
-            acc[kk] += dw * tex3D<float>(tex, u, row + 0.5f, layer);
-        }
-    }
-    size_t plane = (size_t)ny * nx;
-#pragma unroll
-    for (int kk = 0; kk < KZ; ++kk) {
-        int k = k0 + kk;
-        if (k < nz) out[k * plane + (size_t)i * nx + j] += acc[kk];
-    }
+    TextureSampler s;
+    s.tex = tex;
+    backproject(s, mats, n_proj, n_cols, out, nz, ny, nx, ox, oy, h, r_fov2);
 }
 """
 
