@@ -73,7 +73,7 @@ def bin_bone_mask(block: Any, *, level: float = 75, factor: int = 1) -> Any:
     return counts * 2 >= factor * factor
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not field equality: tracks hold arrays (list.remove)
 class _Track:
     """A chain of non-tibia components linked slice to slice."""
 
