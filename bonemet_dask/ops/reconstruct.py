@@ -1,26 +1,36 @@
 """Cone-beam FDK as a chunked Dask graph: filter blockwise, backproject z-slabs from row windows.
 
-Graph shape (DESIGN.md section 3.2):
+Graph shape (DESIGN.md section 3.2), one named stage per task (:data:`TASK_NAMES`, what
+:func:`dask.utils.key_split` and the dashboard show):
 
-1. projections ``(angle, row, col)`` are rechunked to row bands (the explicit re-slice
-   intermediate) and filtered blockwise: every row band of every angle block is independent;
+1. ``fdk-filter``: line integrals (unless the input already holds them), cosine and Parker
+   weights and the ramp filter of one angle block x row band.  A task reads the input chunks that
+   cover its region directly (no rechunk): blocks are at most ``angle_block`` x ``row_band`` and
+   never straddle an input chunk boundary, so a store-chunked input (8 or 5 angles x 128 rows)
+   is cut, never merged.  Filtered blocks are the graph's one row-band intermediate;
 2. the volume is tiled in z slabs; a slab needs only the detector rows its cone can reach
-   (:func:`bonemet_dask.kernels.fdk.row_window`), so its tasks depend on those row bands only;
-3. per slab, one backprojection task per angle block, summed by a pairwise tree reduction.
+   (:func:`bonemet_dask.kernels.fdk.row_window`), so its ``fdk-backproject`` tasks (one per angle
+   block) depend on those row bands only;
+3. ``fdk-sum``: per slab, a pairwise tree sum of the partial slabs, whose last add
+   (``fdk-slab``) brings the finished slab to the host; the slab tasks are the output's chunks.
 
-No pixel arithmetic happens here: the kernels do it.
+Keys are ``(stage-<token>, ...)`` with a token of the input and parameters: deterministic, and
+two reconstructions in one graph never collide.  No pixel arithmetic happens here: the kernels
+do it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from bonemet_dask import __version__, _backend, config
 from bonemet_dask.geometry import ConeGeometry, ParallelGeometry, VolumeGrid
@@ -29,6 +39,9 @@ from bonemet_dask.kernels import fdk, intensity, parallel
 logger = logging.getLogger(__name__)
 
 WINDOWS = fdk.WINDOWS
+
+TASK_NAMES = ("fdk-filter", "fdk-backproject", "fdk-sum", "fdk-slab", "fbp-parallel")
+"""Every task :func:`reconstruct` adds is named one of these (``dask.utils.key_split``)."""
 
 
 # Task bodies.  ``backend`` ("auto", "numpy", "cupy") is resolved inside each task, on the worker
@@ -44,18 +57,38 @@ def _on(backend: str, array: Any) -> Any:
     return _backend.to_device(_backend.to_host(array), backend)
 
 
-def _filter_block(block, geometry, window, short_scan, backend, block_info=None):
-    (a0, a1), (r0, _), _ = block_info[0]["array-location"]
+def _cat(parts: list, axis: int) -> Any:
+    """``parts`` joined along ``axis``; a single part is returned as it is (no copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    return _backend.array_namespace(*parts).concatenate(parts, axis)
+
+
+def _region(chunks: list, angles: list[slice], rows: list[slice]) -> Any:
+    """An input region from the chunks ``chunks[angle][row][col]`` that cover it, each cut first.
+
+    Wiring, not arithmetic: what a rechunk would do, inside the task that needs the region.
+    """
+    planes = []
+    for plane, a in zip(chunks, angles, strict=True):
+        bands = [_cat([c[a, r] for c in band], 2) for band, r in zip(plane, rows, strict=True)]
+        planes.append(_cat(bands, 1))
+    return _cat(planes, 0)
+
+
+def _filter(chunks, angles, rows, air, geometry, window, short_scan, backend, a0, a1, r0):
+    block = _region(chunks, angles, rows)
+    if air is not None:
+        block = intensity.line_integrals(block, air)
     return fdk.preweight_and_filter(
         _on(backend, block), geometry, np.arange(a0, a1), window=window, short_scan=short_scan,
         row_offset=r0,
     )  # fmt: skip
 
 
-def _backproject(rows, geometry, angles, grid, row_offset, backend):
-    xp = _backend.namespace_for(backend)
-    window = xp.concatenate([_on(backend, r) for r in rows], axis=1)
-    return fdk.backproject(window, geometry, angles, grid, row_offset=row_offset)
+def _backproject(rows, geometry, a0, a1, grid, row_offset, backend):
+    window = _cat([_on(backend, r) for r in rows], 1)
+    return fdk.backproject(window, geometry, np.arange(a0, a1), grid, row_offset=row_offset)
 
 
 def _add(a, b):
@@ -64,11 +97,81 @@ def _add(a, b):
     return a + b
 
 
-def _tree_sum(parts: list) -> Any:
-    while len(parts) > 1:
-        pairs = [dask.delayed(_add)(a, b) for a, b in zip(parts[::2], parts[1::2], strict=False)]
-        parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
-    return dask.delayed(_backend.to_host)(parts[0])
+def _slab(*parts):
+    """The last add of a slab's tree sum (or its only part), on the host."""
+    return _backend.to_host(parts[0] if len(parts) == 1 else _add(*parts))
+
+
+def _zeros(shape):
+    return np.zeros(shape, np.float32)
+
+
+def _fbp_rows(chunks, angles, rows, air, angles_deg, window, center, pixel_mm):
+    block = _region(chunks, angles, rows)
+    if air is not None:
+        block = intensity.line_integrals(block, air)
+    return parallel.fbp_parallel_rows(
+        block.transpose(1, 0, 2), angles_deg, window=window, center=center, pixel_mm=pixel_mm
+    )
+
+
+# Graph wiring.
+
+
+def _block_edges(chunks: tuple[int, ...], target: int) -> list[int]:
+    """Edges of blocks of at most ``target`` along an axis chunked as ``chunks``.
+
+    Whole chunks are grouped while they fit; a chunk larger than ``target`` is cut into
+    near-equal pieces.  No block straddles a chunk boundary, so a task reads each chunk it needs
+    whole or cuts it, and never merges pieces of chunks.
+    """
+    target, edges, pos = max(1, int(target)), [0], 0
+    for size in chunks:
+        if size > target:
+            if edges[-1] != pos:
+                edges.append(pos)
+            n = -(-size // target)
+            edges.extend(pos + size * k // n for k in range(1, n + 1))
+        elif pos + size - edges[-1] > target:
+            edges.append(pos)
+        pos += size
+    if edges[-1] != pos:
+        edges.append(pos)
+    return edges
+
+
+def _cover(edges: np.ndarray, lo: int, hi: int) -> tuple[range, list[slice]]:
+    """Chunks (between ``edges``) that overlap ``[lo, hi)`` and the cut of each."""
+    first = int(np.searchsorted(edges, lo, side="right") - 1)
+    last = int(np.searchsorted(edges, hi, side="left"))
+    cuts = [
+        slice(max(lo, int(edges[i])) - int(edges[i]), min(hi, int(edges[i + 1])) - int(edges[i]))
+        for i in range(first, last)
+    ]
+    return range(first, last), cuts
+
+
+def _region_args(data: da.Array, a: tuple[int, int], r: tuple[int, int]) -> tuple[list, ...]:
+    """Keys of ``data``'s chunks covering angles ``a`` x rows ``r``, their cuts, their bytes."""
+    a_ids, a_cuts = _cover(np.cumsum((0, *data.chunks[0])), *a)
+    r_ids, r_cuts = _cover(np.cumsum((0, *data.chunks[1])), *r)
+    cols = range(len(data.chunks[2]))
+    keys = [[[(data.name, i, j, k) for k in cols] for j in r_ids] for i in a_ids]
+    n_angles = sum(data.chunks[0][i] for i in a_ids)
+    n_rows = sum(data.chunks[1][j] for j in r_ids)
+    return keys, a_cuts, r_cuts, n_angles * n_rows * data.shape[2] * data.dtype.itemsize
+
+
+def _air(data: da.Array, air: float | None, attrs: dict[str, Any]) -> float | None:
+    """The air level of raw intensities (None for line integrals), unless given.
+
+    Estimated from a small eager sample: 8 whole projections spread over the scan.
+    """
+    if attrs.get("kind") == "line_integral":
+        return None
+    if air is None:
+        air = intensity.air_level(np.asarray(data[:: max(1, data.shape[0] // 8)]))
+    return air
 
 
 def default_grid(geometry: ConeGeometry) -> VolumeGrid:
@@ -104,7 +207,7 @@ def reconstruct(
     ----------
     projections : xarray.DataArray
         ``(angle, row, col)``: raw intensities (bright air), or line integrals when
-        ``attrs["kind"] == "line_integral"``.
+        ``attrs["kind"] == "line_integral"``.  Any chunking: it is read as it is, never rechunked.
     geometry : ConeGeometry or ParallelGeometry, optional
         The scan; default read from the projections' ``.log`` (``attrs["bonemet"]``).  A
         :class:`~bonemet_dask.geometry.ParallelGeometry` runs slice-by-slice parallel FBP.
@@ -113,9 +216,12 @@ def reconstruct(
     grid : VolumeGrid, optional
         Voxels to reconstruct (default :func:`default_grid`).
     slab_slices : int, optional
-        Slices per output z-slab (default: from the ``bonemet.memory-budget``).
+        Slices per output z-slab, i.e. per output chunk (default: from the
+        ``bonemet.memory-budget``).
     angle_block, row_band : int
-        Projections per filtering/backprojection task, detector rows per filtered chunk.
+        At most this many projections per filtering/backprojection task and detector rows per
+        filtered block.  Blocks follow the input's chunks: whole chunks are grouped while they
+        fit and larger chunks cut into near-equal pieces (26 angles over chunks of 5 gives 25).
     short_scan : bool
         Parker-weight scans shorter than a full turn (default).
     air : float, optional
@@ -128,7 +234,8 @@ def reconstruct(
     Returns
     -------
     xarray.DataArray
-        float32 ``(slice, y, x)`` attenuation in 1/mm, dask-backed; coordinates in micrometres.
+        float32 ``(slice, y, x)`` attenuation in 1/mm, dask-backed with one chunk per slab (full
+        y and x); coordinates in micrometres.  Its tasks are named as in :data:`TASK_NAMES`.
     """
     if filter not in WINDOWS:
         raise ValueError(f"filter={filter!r} is not one of {', '.join(map(repr, WINDOWS))}")
@@ -147,50 +254,61 @@ def reconstruct(
             f"({geometry.angles_deg.size}, {geometry.n_rows}, {geometry.n_cols})"
         )
     grid = grid or default_grid(geometry)
-    data = da.asarray(projections.data).rechunk((angle_block, row_band, -1))
-    if projections.attrs.get("kind") != "line_integral":
-        if air is None:  # a small eager sample: 8 whole projections spread over the scan
-            sample = data[:: max(1, data.shape[0] // 8)]
-            air = intensity.air_level(np.asarray(sample))
-        data = data.map_blocks(intensity.line_integrals, air, dtype=np.float32)
-    filtered = data.map_blocks(
-        _filter_block,
-        geometry,
-        filter,
-        short_scan,
-        backend,
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0), np.float32),
-    )
-    slab_slices = slab_slices or slab_slices_for(grid, geometry, angle_block)
-    row_edges = np.cumsum((0, *filtered.chunks[1]))
-    angle_edges = np.cumsum((0, *filtered.chunks[0]))
-    blocks = filtered.to_delayed()
-    # the largest task: a filter block (input, output, padded complex spectrum) or a slab task
-    # (slab, its row window of one angle block, and the partial sum it is added to)
+    data = da.asarray(projections.data)
+    air = _air(data, air, projections.attrs)
+    angle_edges = _block_edges(data.chunks[0], angle_block)
+    row_edges = _block_edges(data.chunks[1], row_band)
+    blocks = list(itertools.pairwise(angle_edges))
+    bands = list(itertools.pairwise(row_edges))
+    slab_slices = slab_slices or slab_slices_for(grid, geometry, max(b - a for a, b in blocks))
+    token = tokenize(data.name, geometry, filter, short_scan, air, backend, angle_edges, row_edges)
+    filtered = f"fdk-filter-{token}"
+    token = tokenize(token, grid, slab_slices)
+    bp, tree, out = f"fdk-backproject-{token}", f"fdk-sum-{token}", f"fdk-slab-{token}"
+    layer: dict[tuple, tuple] = {}
+    # the largest task: a filter block (the input chunks it cuts, the block, its padded complex
+    # spectrum) or a slab task (slab, its row window of one angle block, the partial sum)
     pad = 2 ** math.ceil(math.log2(2 * geometry.n_cols))
-    largest = angle_block * row_band * (2 * geometry.n_cols + 2 * pad) * 4
-    slabs = []
-    for start in range(0, grid.shape[0], slab_slices):
+    largest = 0
+    for b, (a0, a1) in enumerate(blocks):
+        for j, (r0, r1) in enumerate(bands):
+            keys, a_cuts, r_cuts, read = _region_args(data, (a0, a1), (r0, r1))
+            largest = max(
+                largest, read + (a1 - a0) * (r1 - r0) * (2 * geometry.n_cols + 2 * pad) * 4
+            )
+            layer[(filtered, b, j)] = (
+                _filter, keys, a_cuts, r_cuts, air, geometry, filter, short_scan, backend, a0, a1,
+                r0,
+            )  # fmt: skip
+    slab_sizes = []
+    for s, start in enumerate(range(0, grid.shape[0], slab_slices)):
         stop = min(grid.shape[0], start + slab_slices)
         sub = grid.slab(start, stop)
+        slab_sizes.append(stop - start)
         r0, r1 = fdk.row_window(geometry, sub)
         if r1 <= r0:
-            slabs.append(da.zeros(sub.shape, dtype=np.float32, chunks=sub.shape))
+            layer[(out, s, 0, 0)] = (_zeros, sub.shape)
             continue
         first = int(np.searchsorted(row_edges, r0, side="right") - 1)
         last = int(np.searchsorted(row_edges, r1, side="left"))
         offset = int(row_edges[first])
         window_rows = int(row_edges[last] - row_edges[first])
         slab_bytes = 4 * int(np.prod(sub.shape))
-        largest = max(largest, 2 * slab_bytes + 4 * angle_block * window_rows * geometry.n_cols)
-        parts = []
-        for b in range(len(angle_edges) - 1):
-            rows = [blocks[b, j, 0] for j in range(first, last)]
-            angles = np.arange(angle_edges[b], angle_edges[b + 1])
-            parts.append(dask.delayed(_backproject)(rows, geometry, angles, sub, offset, backend))
-        slabs.append(da.from_delayed(_tree_sum(parts), shape=sub.shape, dtype=np.float32))
-    volume = da.concatenate(slabs, axis=0)
+        for b, (a0, a1) in enumerate(blocks):
+            rows = [(filtered, b, j) for j in range(first, last)]
+            layer[(bp, s, b)] = (_backproject, rows, geometry, a0, a1, sub, offset, backend)
+            largest = max(largest, 2 * slab_bytes + 4 * (a1 - a0) * window_rows * geometry.n_cols)
+        parts, level = [(bp, s, b) for b in range(len(blocks))], 0
+        while len(parts) > 2:  # pairwise tree sum; an odd part waits for the next level
+            pairs = list(zip(parts[::2], parts[1::2], strict=False))
+            for i, pair in enumerate(pairs):
+                layer[(tree, s, level, i)] = (_add, *pair)
+            parts = [(tree, s, level, i) for i in range(len(pairs))] + parts[2 * len(pairs) :]
+            level += 1
+        layer[(out, s, 0, 0)] = (_slab, *parts)
+    graph = HighLevelGraph.from_collections(out, layer, dependencies=[data])
+    chunks = (tuple(slab_sizes), (grid.shape[1],), (grid.shape[2],))
+    volume = da.Array(graph, out, chunks=chunks, meta=np.empty((0, 0, 0), np.float32))
     result = _labelled(
         volume, grid, geometry, projections.attrs, filter=filter, short_scan=short_scan,
         backend=backend,
@@ -202,28 +320,30 @@ def reconstruct(
 def _reconstruct_parallel(
     projections: xr.DataArray, geometry: ParallelGeometry, *, filter: str, row_band: int
 ) -> xr.DataArray:
-    """Slice-by-slice parallel FBP: row bands of the sinogram stack, every angle per task."""
+    """Slice-by-slice parallel FBP: one ``fbp-parallel`` task per row band, every angle.
+
+    Each task reads the input chunks that cover its band (no rechunk).
+    """
     if projections.shape != (geometry.angles_deg.size, geometry.n_rows, geometry.n_cols):
         raise ValueError(
             f"projections.shape={projections.shape} does not match the geometry "
             f"({geometry.angles_deg.size}, {geometry.n_rows}, {geometry.n_cols})"
         )
-    data = da.asarray(projections.data).rechunk((-1, row_band, -1))
-    if projections.attrs.get("kind") != "line_integral":
-        air = intensity.air_level(np.asarray(data[:: max(1, data.shape[0] // 8)]))
-        data = data.map_blocks(intensity.line_integrals, air, dtype=np.float32)
+    data = da.asarray(projections.data)
+    air = _air(data, None, projections.attrs)
     n = geometry.n_cols
-    sinograms = data.transpose(1, 0, 2)  # (row, angle, col): one sinogram per output slice
-    volume = sinograms.map_blocks(
-        parallel.fbp_parallel_rows,
-        geometry.angles_deg,
-        window=filter,
-        center=geometry.centre_col,
-        pixel_mm=geometry.pixel,
-        chunks=(sinograms.chunks[0], (n,), (n,)),
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0), np.float32),
-    )
+    row_edges = _block_edges(data.chunks[1], row_band)
+    name = "fbp-parallel-" + tokenize(data.name, geometry, filter, air, row_edges)
+    layer = {}
+    for j, (r0, r1) in enumerate(itertools.pairwise(row_edges)):
+        keys, a_cuts, r_cuts, _ = _region_args(data, (0, data.shape[0]), (r0, r1))
+        layer[(name, j, 0, 0)] = (
+            _fbp_rows, keys, a_cuts, r_cuts, air, geometry.angles_deg, filter, geometry.centre_col,
+            geometry.pixel,
+        )  # fmt: skip
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
+    chunks = (tuple(np.diff(row_edges).tolist()), (n,), (n,))
+    volume = da.Array(graph, name, chunks=chunks, meta=np.empty((0, 0, 0), np.float32))
     grid = VolumeGrid((geometry.n_rows, n, n), geometry.pixel)
     result = _labelled(volume, grid, None, projections.attrs, filter=filter, short_scan=False)
     result.attrs["bonemet"]["provenance"]["algorithm"] = "parallel-beam FBP"
