@@ -33,7 +33,7 @@ _LAZY = {
     "to_uint8": ("bonemet_dask.ops.reconstruct", "to_uint8"),
     "reconstruct_store": ("bonemet_dask.ops.reconstruct_store", "reconstruct_store"),
     "segment_tibiae": ("bonemet_dask.ops.segment", "segment_tibiae"),
-    "segment_store": ("bonemet_dask.ops.segment", "segment_store"),
+    "segment_store": ("bonemet_dask.ops.segment_store", "segment_store"),
     "composite": ("bonemet_dask.ops.composite", "composite"),
     "find_tf_junction": ("bonemet_dask.ops.roi", "find_tf_junction"),
     "Junction": ("bonemet_dask.ops.roi", "Junction"),
@@ -47,6 +47,9 @@ _LAZY = {
     "register": ("bonemet_dask.ops.register", "register"),
     "resample": ("bonemet_dask.ops.resample", "resample"),
     "register_store": ("bonemet_dask.ops.register_store", "register_store"),
+    "run": ("bonemet_dask.ops.run", "run"),
+    "Selection": ("bonemet_dask.selection", "Selection"),
+    "StageReport": ("bonemet_dask.ops.stage", "StageReport"),
     "VolumeGrid": ("bonemet_dask.geometry", "VolumeGrid"),
     "SynthConfig": ("bonemet_dask.synth", "SynthConfig"),
     "synth": ("bonemet_dask.synth", None),
@@ -72,9 +75,13 @@ if TYPE_CHECKING:
     from bonemet_dask.ops.register_store import register_store
     from bonemet_dask.ops.resample import resample
     from bonemet_dask.ops.roi import Junction, crop_roi, find_tf_junction
-    from bonemet_dask.ops.segment import segment_store, segment_tibiae
+    from bonemet_dask.ops.run import run
+    from bonemet_dask.ops.segment import segment_tibiae
+    from bonemet_dask.ops.segment_store import segment_store
+    from bonemet_dask.ops.stage import StageReport
     from bonemet_dask.ops.verify import verify
     from bonemet_dask.preview import preview
+    from bonemet_dask.selection import Selection
     from bonemet_dask.synth import SynthConfig
     from bonemet_dask.transform import RigidTransform
 

@@ -30,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # messages whole: greppable, copyable
 
 
 @app.callback()
@@ -45,7 +45,7 @@ def _main(
     package_logger.propagate = False
 
 
-# ---------------------------------------------------------------- selection helpers
+# ---------------------------------------------------------------- shared options and errors
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -53,26 +53,6 @@ def _split(value: str | None) -> list[str] | None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
     return items or None
-
-
-def parse_weeks(value: str | None) -> list[int] | None:
-    """``"0,2-4"`` -> ``[0, 2, 3, 4]``; None stays None."""
-    items = _split(value)
-    if items is None:
-        return None
-    weeks: list[int] = []
-    for item in items:
-        try:
-            if "-" in item:
-                lo, hi = (int(v) for v in item.split("-", 1))
-                weeks.extend(range(lo, hi + 1))
-            else:
-                weeks.append(int(item))
-        except ValueError:
-            raise typer.BadParameter(
-                f"--weeks {value!r}: {item!r} is not a week number or range like 0,2-4"
-            ) from None
-    return weeks
 
 
 def _choices(option: str, value: str | None, allowed: tuple[str, ...]) -> list[str] | None:
@@ -84,15 +64,32 @@ def _choices(option: str, value: str | None, allowed: tuple[str, ...]) -> list[s
 
 
 def _selection(
-    mice: str | None, weeks: str | None, sides: str | None, components: str | None
-) -> dict:
-    """The common selectors, parsed and validated, as keyword arguments of select/convert/verify."""
-    return {
-        "components": _choices("--components", components, COMPONENTS),
-        "mice": _split(mice),
-        "weeks": parse_weeks(weeks),
-        "sides": _choices("--sides", sides, SIDES),
-    }
+    mice: str | None = None,
+    weeks: str | None = None,
+    sides: str | None = None,
+    components: str | None = None,
+):
+    """The common selectors as one :class:`~bonemet_dask.selection.Selection` (exit 2 if bad)."""
+    from bonemet_dask.selection import Selection
+
+    return Selection.of(mice=mice, weeks=weeks, sides=sides, components=components)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Turn the mistakes a user can make into one red line and the documented exit code."""
+    from bonemet_dask.errors import UsageError
+    from bonemet_dask.io.store import StoreLayoutError
+    from bonemet_dask.ops.convert import ConversionError
+
+    try:
+        yield
+    except (UsageError, FileNotFoundError, NotADirectoryError) as err:
+        err_console.print(f"[red]{err}[/red]")
+        raise typer.Exit(EXIT_USAGE) from None
+    except (ConversionError, StoreLayoutError) as err:
+        err_console.print(f"[red]{err}[/red]")
+        raise typer.Exit(EXIT_FAILURE) from None
 
 
 MiceOpt = Annotated[str | None, typer.Option("--mice", help="Animal ids, comma separated.")]
@@ -100,6 +97,29 @@ WeeksOpt = Annotated[str | None, typer.Option("--weeks", help="Weeks, e.g. 0,2-4
 SidesOpt = Annotated[str | None, typer.Option("--sides", help="left, right, both.")]
 ComponentsOpt = Annotated[
     str | None, typer.Option("--components", help=f"Comma separated: {', '.join(COMPONENTS)}.")
+]
+StoreArg = Annotated[str, typer.Argument(help="Zarr store: local folder or fsspec URL.")]
+OutOpt = Annotated[
+    str | None, typer.Option(help="Write here (read from here first, then STORE); default STORE.")
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(help="Replace groups written otherwise (e.g. the published products)."),
+]
+ClusterOpt = Annotated[
+    str, typer.Option(help="'none' (dask's scheduler here), 'local', 'slurm', 'gpu' or an address.")
+]
+ConcurrencyOpt = Annotated[
+    int | None, typer.Option(help="Units (scans, tibiae, mice) in flight at once.", min=1)
+]
+ShardOpt = Annotated[
+    int | None, typer.Option(help="Slices per shard = per writing task (default: 64 or more).")
+]
+BackendOpt = Annotated[
+    str, typer.Option(help="auto (CuPy on GPU workers, else numpy), numpy or cupy.")
+]
+ThresholdOpt = Annotated[
+    int, typer.Option(help="Bone threshold, grey levels 1..255.", min=1, max=255)
 ]
 
 
@@ -180,12 +200,14 @@ def plan(
         return
     if src is None:
         raise typer.BadParameter("give SRC, or --profile full", param_hint="SRC")
+    with _user_errors():
+        selection = _selection(mice, weeks, sides, components)
     try:
         catalog = scan_source(src)
     except FileNotFoundError as err:
         err_console.print(f"[red]{err}[/red]")
         raise typer.Exit(EXIT_FAILURE) from None
-    catalog = catalog.select(**_selection(mice, weeks, sides, components))
+    catalog = catalog.select(selection)
     if as_json:
         frame = catalog.to_dataframe()
         problems = [_problem_dict(p) for p in catalog.all_problems()]
@@ -268,19 +290,20 @@ def convert(
     Exits 3 when scans were quarantined; the report names each file and reason.
     """
     from bonemet_dask.io.store import CODECS
-    from bonemet_dask.ops.convert import ON_ERROR, ConversionError
+    from bonemet_dask.ops.convert import ON_ERROR
     from bonemet_dask.ops.convert import convert as run_convert
 
     if on_error not in ON_ERROR:
         raise typer.BadParameter(f"--on-error {on_error!r} is not one of {', '.join(ON_ERROR)}")
     if codec is not None and codec not in CODECS:
         raise typer.BadParameter(f"--codec {codec!r} is not one of {', '.join(CODECS)}")
-    with _client(cluster) as client, _progress("Converting shards") as update:
-        try:
+    with _user_errors():
+        selection = _selection(mice, weeks, sides, components)
+        with _client(cluster) as client, _progress("Converting shards") as update:
             result = run_convert(
                 src,
                 store,
-                **_selection(mice, weeks, sides, components),
+                selection=selection,
                 client=client,
                 on_error=on_error,
                 overwrite=overwrite,
@@ -289,18 +312,34 @@ def convert(
                 slices_per_shard=slices_per_shard,
                 progress=update,
             )
-        except (ConversionError, FileNotFoundError) as err:
-            err_console.print(f"[red]{err}[/red]")
-            raise typer.Exit(EXIT_FAILURE) from None
     mb = result.bytes_read / 1e6
+    counts = result.counts()
     console.print(
-        f"converted {len(result.converted)} scans ({result.shards_written} shards, {mb:.1f} MB "
-        f"of PNG) in {result.seconds:.1f} s; {len(result.skipped)} already complete"
+        f"converted {counts['written'] + counts['resumed']} scans ({result.shards_written} "
+        f"shards, {mb:.1f} MB of PNG) in {result.seconds:.1f} s; {counts['up to date']} already "
+        "complete"
     )
     _print_quarantine(result.quarantined)
     if report is not None:
-        report.write_text(json.dumps(result.to_dict(), indent=1))
+        report.write_text(json.dumps(_report_dict(result), indent=1))
     raise typer.Exit(result.exit_code)
+
+
+def _report_dict(report) -> dict:
+    """A stage report as JSON: counts, then every outcome."""
+    return {
+        "stage": report.stage,
+        "counts": report.counts(),
+        "written": report.written,
+        "shards_written": report.shards_written,
+        "bytes_read": report.bytes_read,
+        "seconds": report.seconds,
+        "outcomes": [
+            {"path": o.path, "status": o.status, "reason": o.reason, "shards": o.shards}
+            for o in report.outcomes
+        ],
+        "quarantined": {k: [list(p) for p in v] for k, v in report.quarantined.items()},
+    }
 
 
 @app.command()
@@ -316,14 +355,10 @@ def verify(
     """Prove the store equals the source: every slice re-decoded and compared by digest."""
     from bonemet_dask.ops.verify import verify as run_verify
 
-    with _client(cluster) as client, _progress("Verifying shards") as update:
-        result = run_verify(
-            src,
-            store,
-            **_selection(mice, weeks, sides, components),
-            client=client,
-            progress=update,
-        )
+    with _user_errors():
+        selection = _selection(mice, weeks, sides, components)
+        with _client(cluster) as client, _progress("Verifying shards") as update:
+            result = run_verify(src, store, **selection.to_kwargs(), client=client, progress=update)
     for path in result.missing:
         err_console.print(f"[red]missing[/red] {path}: not (completely) in the store")
     for path, index, file, what in result.mismatches[:50]:
@@ -339,208 +374,261 @@ def verify(
 
 @app.command()
 def reconstruct(
-    store: Annotated[str, typer.Argument(help="Zarr store holding converted projections.")],
-    out: Annotated[
-        str | None, typer.Option(help="Write recon_ct groups here (default: STORE).")
-    ] = None,
+    store: StoreArg,
+    out: OutOpt = None,
     mice: MiceOpt = None,
     weeks: WeeksOpt = None,
     filter_: Annotated[
         str, typer.Option("--filter", help="ramlak, shepp-logan, cosine, hamming, hann.")
     ] = "hamming",
     keep_float: Annotated[bool, typer.Option(help="Also store float32 attenuation.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing recon_ct groups.")] = False,
-    backend: Annotated[
-        str, typer.Option(help="auto (CuPy on GPU workers, else numpy), numpy or cupy.")
-    ] = "auto",
-    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+    backend: BackendOpt = "auto",
+    slices_per_shard: ShardOpt = None,
+    overwrite: OverwriteOpt = False,
+    cluster: ClusterOpt = "none",
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Cone-beam FDK (Parker short-scan weights) of every selected projection scan."""
-    from bonemet_dask._backend import BACKENDS
-    from bonemet_dask.ops.reconstruct import WINDOWS
-    from bonemet_dask.ops.reconstruct_store import reconstruct_store
+    from bonemet_dask.ops.reconstruct_store import Reconstruct
 
-    if filter_ not in WINDOWS:
-        raise typer.BadParameter(f"--filter {filter_!r} is not one of {', '.join(WINDOWS)}")
-    if backend not in BACKENDS:
-        raise typer.BadParameter(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    with _client(cluster) as client, _progress("Reconstructing scans") as update:
-        result = reconstruct_store(
-            store,
-            out,
-            mice=_split(mice),
-            weeks=parse_weeks(weeks),
-            filter=filter_,
-            keep_float=keep_float,
-            overwrite=overwrite,
-            backend=backend,
-            client=client,
-            progress=update,
-        )
-    console.print(f"reconstructed {len(result.written)} scans in {result.seconds:.1f} s")
-    for path, reason in result.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+    _run_stage(
+        lambda: Reconstruct(filter=filter_, keep_float=keep_float, backend=backend,
+                            slices_per_shard=slices_per_shard),
+        store, out, (mice, weeks, None), overwrite, cluster, concurrency,
+    )  # fmt: skip
 
 
 @app.command()
 def segment(
-    store: Annotated[str, typer.Argument(help="Zarr store holding recon_ct hindlimb scans.")],
-    out: Annotated[
-        str | None, typer.Option(help="Write seg_ct groups here (default: STORE).")
-    ] = None,
+    store: StoreArg,
+    out: OutOpt = None,
     mice: MiceOpt = None,
     weeks: WeeksOpt = None,
-    threshold: Annotated[int, typer.Option(help="Bone threshold, grey levels 1..255.")] = 75,
+    threshold: ThresholdOpt = 75,
     margin_um: Annotated[
-        float, typer.Option(help="Margin around each tibia's box, micrometres.")
+        float, typer.Option(help="Margin around each tibia's box, micrometres.", min=0)
     ] = 300.0,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace existing seg_ct groups (e.g. the published Seg-CT).")
-    ] = False,
-    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+    slices_per_shard: ShardOpt = None,
+    overwrite: OverwriteOpt = False,
+    cluster: ClusterOpt = "none",
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Crop both tibiae (fibula kept, cut below the knee) of every selected hindlimb scan.
 
     Exits 1 when a scan could not be segmented (the reason is printed).
     """
-    from bonemet_dask.ops.segment import segment_store
+    from bonemet_dask.ops.segment_store import Segment
 
-    if not 1 <= threshold <= 255:
-        raise typer.BadParameter(f"--threshold {threshold} is not in 1..255")
-    if margin_um < 0:
-        raise typer.BadParameter(f"--margin-um {margin_um} must be >= 0")
-    with _client(cluster) as client, _progress("Segmenting scans") as update:
-        result = segment_store(
-            store,
-            out,
-            mice=_split(mice),
-            weeks=parse_weeks(weeks),
-            threshold=threshold,
-            margin_um=margin_um,
-            overwrite=overwrite,
-            client=client,
-            progress=update,
-        )
-    console.print(f"segmented {len(result.written)} tibiae in {result.seconds:.1f} s")
-    for path, reason in result.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
-    for path, reason in result.failed:
-        err_console.print(f"[red]failed[/red] {path}: {reason}")
-    if result.failed:
-        raise typer.Exit(EXIT_FAILURE)
+    _run_stage(
+        lambda: Segment(threshold=threshold, margin_um=margin_um,
+                        slices_per_shard=slices_per_shard),
+        store, out, (mice, weeks, None), overwrite, cluster, concurrency,
+    )  # fmt: skip
 
 
 @app.command()
 def register(
-    store: Annotated[str, typer.Argument(help="Zarr store holding seg_ct tibiae.")],
-    out: Annotated[
-        str | None, typer.Option(help="Write regist_ct groups here (default: STORE).")
-    ] = None,
+    store: StoreArg,
+    out: OutOpt = None,
     mice: MiceOpt = None,
     weeks: WeeksOpt = None,
     sides: SidesOpt = None,
-    threshold: Annotated[float, typer.Option(help="Bone threshold (grey level).")] = 75,
+    threshold: ThresholdOpt = 75,
     roll_starts: Annotated[
         str, typer.Option(help="'full' (32 roll starts) or 'bonemet' (the published 26).")
     ] = "full",
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace existing regist_ct groups (e.g. the published ones).")
-    ] = False,
-    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+    slices_per_shard: ShardOpt = None,
+    overwrite: OverwriteOpt = False,
+    cluster: ClusterOpt = "none",
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Rigid registration: week 0 to the vertical reference, later weeks to week 0.
 
     Exits 1 when a registration's quality flag fails (the scans and metrics are printed).
     """
-    from bonemet_dask.ops.register_store import register_store
+    from bonemet_dask.ops.register_store import Register
 
-    side_list = _choices("--sides", sides, SIDES)
-    if roll_starts not in ("full", "bonemet"):
-        raise typer.BadParameter(f"--roll-starts {roll_starts!r} is not one of full, bonemet")
-    with _client(cluster) as client, _progress("Registering tibiae") as update:
-        result = register_store(
-            store,
-            out,
-            mice=_split(mice),
-            weeks=parse_weeks(weeks),
-            sides=side_list,
-            overwrite=overwrite,
-            threshold=threshold,
-            roll_starts=roll_starts,
-            client=client,
-            progress=update,
-        )
-    console.print(f"registered {len(result.written)} tibiae in {result.seconds:.1f} s")
-    for path, metric in result.metrics.items():
-        console.print(f"  {path}: NCC {metric:.3f}")
-    for path, reason in result.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
-    for path, metric in result.poor:
-        err_console.print(f"[red]poor registration[/red] {path}: NCC {metric:.3f}")
-    if result.poor:
-        raise typer.Exit(EXIT_FAILURE)
+    _run_stage(
+        lambda: Register(threshold=threshold, roll_starts=roll_starts,
+                         slices_per_shard=slices_per_shard),
+        store, out, (mice, weeks, sides), overwrite, cluster, concurrency,
+    )  # fmt: skip
 
 
 @app.command()
 def composite(
-    store: Annotated[str, typer.Argument(help="Zarr store holding regist_ct groups.")],
-    out: Annotated[
-        str | None, typer.Option(help="Write roi_ct groups here (default: STORE).")
-    ] = None,
+    store: StoreArg,
+    out: OutOpt = None,
     mice: MiceOpt = None,
     weeks: WeeksOpt = None,
     sides: SidesOpt = None,
-    threshold: Annotated[float, typer.Option(help="Bone threshold (grey level).")] = 75,
+    threshold: ThresholdOpt = 75,
     offset: Annotated[int, typer.Option(help="RoI start, slices below the junction.")] = 0,
-    count: Annotated[int, typer.Option(help="RoI length in slices.")] = 300,
+    count: Annotated[int, typer.Option(help="RoI length in slices.", min=1)] = 300,
     keep_fibula: Annotated[bool, typer.Option(help="Do not remove the fibula.")] = False,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace roi_ct groups written otherwise (e.g. converted).")
-    ] = False,
     csv: Annotated[
         str | None,
-        typer.Option(help="Metrics CSV joined with MiceMediRec (default: beside a local STORE)."),
+        typer.Option(help="Metrics CSV joined with MiceMediRec (default: beside a local OUT)."),
     ] = None,
-    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+    slices_per_shard: ShardOpt = None,
+    overwrite: OverwriteOpt = False,
+    cluster: ClusterOpt = "none",
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Composite of each week against week 0, cropped to the RoI, written to roi_ct.
 
     180 kept, 240 formed, 60 resorbed; the RoI is COUNT slices below the tibia-fibula junction
     found on week 0, fibula removed; per-scan metrics go to a CSV joined with MiceMediRec.
     """
-    from bonemet_dask.ops.composite_store import composite_store
+    from bonemet_dask.ops.composite_store import Composite, default_metrics_csv
 
-    side_list = _choices("--sides", sides, SIDES)
-    if csv is None and "://" not in store:
-        local = Path(store.rstrip("/"))
-        csv = str(local.parent / f"{local.stem}_roi_metrics.csv")
-    with _client(cluster) as client, _progress("Composites") as update:
-        result = composite_store(
-            store,
-            out,
-            mice=_split(mice),
-            weeks=parse_weeks(weeks),
-            sides=side_list,
-            threshold=threshold,
-            offset=offset,
-            count=count,
-            remove_fibula=not keep_fibula,
-            overwrite=overwrite,
-            metrics_csv=csv,
-            client=client,
-            progress=update,
+    _run_stage(
+        lambda: Composite(threshold=threshold, offset=offset, count=count,
+                          remove_fibula=not keep_fibula,
+                          metrics_csv=csv or default_metrics_csv(out or store),
+                          slices_per_shard=slices_per_shard),
+        store, out, (mice, weeks, sides), overwrite, cluster, concurrency,
+    )  # fmt: skip
+
+
+def _run_stage(make_stage, store, out, selectors, overwrite, cluster, concurrency) -> None:
+    """What every stage command does: check options, run the stage, print, exit."""
+    from bonemet_dask.ops.engine import run_stage
+
+    try:
+        stage = make_stage()
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    with _user_errors():
+        selection = _selection(*selectors)
+        with _client(cluster) as client, _progress(f"{stage.name}: {stage.writes}") as update:
+            report = run_stage(stage, store, out, selection=selection, overwrite=overwrite,
+                               client=client, concurrency=concurrency, progress=update)  # fmt: skip
+    _print_report(report, stage)
+    if report.refused and not any(o.done for o in report.outcomes):
+        err_console.print(
+            f"[red]{stage.writes} groups exist in {out or store} and were not written by this "
+            "stage with these settings: pass --out OTHER.zarr or --overwrite[/red]"
         )
-    for key, junction in result.junctions.items():
-        flag = " [yellow](ambiguous)[/yellow]" if junction["ambiguous"] else ""
-        console.print(
-            f"{key}: junction at slice {junction['slice']}, "
-            f"confidence {junction['confidence']:.2f}{flag}"
-        )
-    console.print(f"wrote {len(result.written)} roi_ct scans in {result.seconds:.1f} s")
+        raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(report.exit_code or (EXIT_FAILURE if report.flagged else EXIT_OK))
+
+
+_OUTCOME_STYLE = {"written": "green", "resumed": "green", "up to date": "dim",
+                  "refused": "yellow", "failed": "red", "quarantined": "red"}  # fmt: skip
+
+
+def _print_report(report, stage, max_rows: int = 60) -> None:
+    """One row per output (the first ``max_rows``), then the counts."""
+    from rich.table import Table
+
+    table = Table(title=f"{report.stage}: {len(report.outcomes)} outputs", title_justify="left")
+    for column in ("group", "outcome", "details"):
+        table.add_column(column, overflow="fold")
+    for outcome in report.outcomes[:max_rows]:
+        style = _OUTCOME_STYLE.get(outcome.status, "")
+        note = stage.note(outcome) if stage is not None else outcome.reason
+        table.add_row(outcome.path, f"[{style}]{outcome.status}[/{style}]", note)
+    if len(report.outcomes) > max_rows:
+        table.caption = f"... and {len(report.outcomes) - max_rows} more"
+    console.print(table)
+    for outcome in report.outcomes:  # whole reasons, never cut to the table's width
+        if outcome.status in ("failed", "quarantined", "refused"):
+            style = _OUTCOME_STYLE[outcome.status]
+            err_console.print(f"[{style}]{outcome.status}[/{style}] {outcome.path}: "
+                              f"{outcome.reason}", soft_wrap=True)  # fmt: skip
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)
+    console.print(f"{report.stage}: {counts or 'nothing to do'} in {report.seconds:.1f} s")
+    if report.csv:
+        console.print(f"metrics: {report.csv}")
+
+
+@app.command(name="run")
+def run_chain(
+    src: Annotated[str, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")],
+    store: StoreArg,
+    mice: MiceOpt = None,
+    weeks: WeeksOpt = None,
+    sides: SidesOpt = None,
+    start: Annotated[
+        str,
+        typer.Option(
+            "--from", help="projections (FDK from the raw X-rays) or recon_ct (published)."
+        ),
+    ] = "projections",
+    until: Annotated[
+        str, typer.Option(help="Last stage: convert, reconstruct, segment, register, composite.")
+    ] = "composite",
+    threshold: ThresholdOpt = 75,
+    filter_: Annotated[
+        str, typer.Option("--filter", help="FDK ramp window: ramlak, shepp-logan, hamming...")
+    ] = "hamming",
+    roll_starts: Annotated[str, typer.Option(help="'full' or 'bonemet' roll starts.")] = "full",
+    count: Annotated[int, typer.Option(help="RoI length in slices.", min=1)] = 300,
+    csv: Annotated[
+        str | None, typer.Option(help="Metrics CSV (default: beside a local STORE).")
+    ] = None,
+    backend: BackendOpt = "auto",
+    slices_per_shard: ShardOpt = None,
+    overwrite: OverwriteOpt = False,
+    cluster: Annotated[
+        str, typer.Option(help="'local' (embedded cluster), 'none', 'slurm', 'gpu' or an address.")
+    ] = "local",
+    concurrency: Annotated[int | None, typer.Option(help="Mice in flight at once.", min=1)] = None,
+) -> None:
+    """The whole chain, mouse by mouse, resumable: the main command.
+
+    convert (what is not yet in STORE) -> FDK (--from projections) -> segment -> register (week 0
+    first) -> composite, RoI and metrics CSV.  A rerun skips what is finished and finishes what
+    is not.  Exits 3 when a scan was quarantined, 1 when an output failed.
+    """
+    from bonemet_dask.ops.run import run
+
+    shard = {"slices_per_shard": slices_per_shard}
+    options = {
+        "convert": shard,
+        "reconstruct": {"filter": filter_, **shard},
+        "segment": {"threshold": threshold, **shard},
+        "register": {"threshold": threshold, "roll_starts": roll_starts, **shard},
+        "composite": {"threshold": threshold, "count": count, **shard},
+    }
+    with _user_errors():
+        selection = _selection(mice, weeks, sides)
+        with _client(cluster) as client, _stage_progress() as update:
+            try:
+                result = run(src, store, **selection.to_kwargs() | {"components": None},
+                             start=start, until=until, options=options, backend=backend,
+                             overwrite=overwrite, metrics_csv=csv, client=client,
+                             concurrency=concurrency, progress=update)  # fmt: skip
+            except ValueError as err:  # a stage option out of range
+                raise typer.BadParameter(str(err)) from None
+    _print_run(result)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_run(result) -> None:
+    from rich.table import Table
+
+    from bonemet_dask.ops.stage import OUTCOMES
+
+    table = Table(title=f"run: {len(result.mice)} mice in {result.seconds:.1f} s",
+                  title_justify="left")  # fmt: skip
+    table.add_column("stage")
+    for status in OUTCOMES:
+        table.add_column(status, justify="right")
+    for name, report in result.stages.items():
+        counts = report.counts()
+        table.add_row(name, *(str(counts[s]) for s in OUTCOMES))
+    console.print(table)
+    for name, report in result.stages.items():
+        for path, reason in report.failed:
+            err_console.print(f"[red]failed[/red] {name} {path}: {reason}")
+        for folder, problems in report.quarantined.items():
+            err_console.print(f"[red]quarantined[/red] {name} {folder}: {problems[0][1]}")
+        for path, flag in report.flagged:
+            err_console.print(f"[yellow]flagged[/yellow] {path}: {flag}")
     if result.csv:
         console.print(f"metrics: {result.csv}")
-    for path, reason in result.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
 
 
 @app.command()
@@ -639,7 +727,7 @@ def demo(
 
     paths = run_demo(
         out, size=size, mice=mice, weeks=weeks, seed=seed, workers=workers, console=console,
-        progress=_progress,
+        progress=_progress, stage_progress=_stage_progress,
     )  # fmt: skip
     console.rule("results")
     for label, path in paths.items():
@@ -678,6 +766,26 @@ def _progress(label: str):
 
         def update(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+@contextlib.contextmanager
+def _stage_progress():
+    """One progress bar per stage of ``run``: mice done out of mice selected."""
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
 
         yield update
 

@@ -21,6 +21,24 @@ CLUSTER_KINDS = ("local", "slurm", "gpu")
 """Named cluster kinds; anything else must be a scheduler address or a scheduler file."""
 
 
+def active_client() -> Client | None:
+    """The ``distributed.Client`` the user has made current, or None (never starts one).
+
+    Only looks when ``distributed`` is already imported: a process that never made a client
+    does not pay for the import.
+    """
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
 def connect(
     cluster: str = "local",
     *,

@@ -1,15 +1,17 @@
 """``bonemet-dask demo``: the whole pipeline on a synthetic BoneMet tree and an embedded cluster.
 
-synth -> catalog -> convert -> verify -> reconstruct (one scan) -> segment -> register ->
-composite + RoI + metrics -> preview.  Each derived stage writes to ``derived.zarr`` beside the
-converted store, so the converted (published-like) groups stay and every result is compared with
-them and with the phantom's ground truth (``synthetic_truth.json``).
+synth -> catalog -> ``run`` from the raw projections (convert, FDK, segment, register,
+composite + RoI + metrics, each stage fed the previous stage's own output) -> verify -> preview.
+The published synthetic products are converted into a second store, ``published.zarr``, only to
+compare every stage's result with them and with the phantom's ground truth
+(``synthetic_truth.json``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,8 @@ import numpy as np
 import zarr
 from rich.console import Console
 from rich.table import Table
+
+from bonemet_dask.preview import preview
 
 Progress = Callable[[str], contextlib.AbstractContextManager[Callable[[int, int], None]]]
 
@@ -33,6 +37,7 @@ def run_demo(
     workers: int | None,
     console: Console,
     progress: Progress,
+    stage_progress: Callable[[], contextlib.AbstractContextManager[Any]],
 ) -> dict[str, Path]:
     """Run every stage; return the paths of what it wrote (printed by the caller)."""
     from bonemet_dask.cluster import connect
@@ -40,48 +45,79 @@ def run_demo(
     from bonemet_dask.io.catalog_report import catalog_tables
     from bonemet_dask.io.store_report import store_tree
     from bonemet_dask.ops.convert import convert
+    from bonemet_dask.ops.run import run
     from bonemet_dask.ops.verify import verify
     from bonemet_dask.synth import TRUTH_FILE, SynthConfig, generate
 
-    source, store, derived = out / "source", out / "bonemet.zarr", out / "derived.zarr"
+    source, store, published = out / "source", out / "bonemet.zarr", out / "published.zarr"
     paths = {
         "source tree": source / "Imagery_Dataset",
         "records": source / "MiceMediRec Dataset" / "record.csv",
         "ground truth": source / TRUTH_FILE,
         "Zarr store": store,
-        "FDK output": out / "reconstructed.zarr",
-        "derived store": derived,
+        "published": published,
         "metrics CSV": out / "roi_metrics.csv",
         "preview": out / "preview.png",
     }
+    for stale in (store, published):  # the demo starts afresh; `run` itself resumes
+        shutil.rmtree(stale, ignore_errors=True)
     with connect("local", n_workers=workers) as client:
         console.rule("bonemet-dask demo")
         console.print(f"Dask dashboard: [bold cyan]{client.dashboard_link}[/bold cyan]")
         config = SynthConfig(mice=mice, weeks=weeks, size=size, seed=seed)
-        with _timed(console, "wrote the synthetic tree"), progress("1/8 synthetic BoneMet") as up:
+        with _timed(console, "wrote the synthetic tree"), progress("synthetic BoneMet") as up:
             generate(str(source), config, client=client, progress=up, overwrite=True)
         catalog = scan_source(str(source))
         for table in catalog_tables(catalog):
             console.print(table)
-        with progress("2/8 convert to sharded OME-Zarr") as update:
-            report = convert(catalog, str(store), client=client, progress=update, overwrite=True)
-        console.print(
-            f"  converted {len(report.converted)} scans ({report.shards_written} shards, "
-            f"{report.bytes_read / 1e6:.1f} MB of PNG) in {report.seconds:.1f} s"
-        )
-        with progress("3/8 verify store against source") as update:
-            checked = verify(catalog, str(store), client=client, progress=update)
+        roi_slices = max(1, round(300 * config.linear_scale))  # 300 at full size
+        console.rule("run: raw projections -> FDK -> segment -> register -> composite")
+        with stage_progress() as update:
+            result = run(
+                catalog, str(store), options={"composite": {"count": roi_slices}},
+                metrics_csv=paths["metrics CSV"], client=client, progress=update,
+            )  # fmt: skip
+        _run_table(result, console)
+        with progress("verify projections against the source") as update:
+            checked = verify(catalog, str(store), components="rotation_xray", client=client,
+                             progress=update)  # fmt: skip
         console.print(
             f"  verify: {'OK' if checked.ok else 'FAILED'}, {checked.checked_slices} slices"
         )
         console.print(store_tree(str(store), max_scans=6))
+        console.rule("against the published products and the phantom")
+        with progress("convert the published products (to compare only)") as update:
+            convert(catalog, str(published), components=["recon_ct", "seg_ct", "regist_ct"],
+                    client=client, progress=update)  # fmt: skip
         truth = json.loads(paths["ground truth"].read_text(encoding="utf-8"))
-        _reconstruct(store, paths["FDK output"], client, console, progress)
-        _segment(store, derived, truth, client, console, progress)
-        _register(derived, store, truth, client, console, progress)
-        roi_slices = max(1, round(300 * config.linear_scale))  # 300 at full size
-        _composite(derived, store, truth, roi_slices, paths, client, console, progress)
+        _reconstruction(store, published, result.stages["reconstruct"], console)
+        _segmentation(store, published, truth, result.stages["segment"], console)
+        _registration(store, published, truth, result.stages["register"], console)
+        _composites(truth, result, console)
+        with progress("preview figure") as update:
+            done = [o.path for o in result.stages["composite"].outcomes if o.done]
+            if done:
+                _, mouse, side, week = done[-1].split("/")
+                preview(
+                    str(store), paths["preview"], component="roi_ct", mouse=mouse,
+                    week=int(week.removeprefix("week")), side=side,
+                )  # fmt: skip
+            update(1, 1)
     return paths
+
+
+def _run_table(result, console: Console) -> None:
+    from bonemet_dask.ops.stage import OUTCOMES
+
+    table = Table("stage", *OUTCOMES, title=f"run: {len(result.mice)} mice in "
+                  f"{result.seconds:.1f} s", title_justify="left")  # fmt: skip
+    for name, report in result.stages.items():
+        counts = report.counts()
+        table.add_row(name, *(str(counts[s]) for s in OUTCOMES))
+    console.print(table)
+    for report in result.stages.values():
+        for path, why in report.failed:
+            console.print(f"  [red]failed[/red] {path}: {why}")
 
 
 @contextlib.contextmanager
@@ -95,53 +131,47 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
-def _reconstruct(store: Path, out: Path, client: Any, console: Console, progress: Progress):
-    """FDK of the first scan's projections, compared with the phantom's Recon-CT."""
-    from bonemet_dask.ops.reconstruct_store import reconstruct_store
+def _done(report) -> list[str]:
+    return [o.path for o in report.outcomes if o.done]
 
-    first = sorted(zarr.open_group(str(store), mode="r")["rotation_xray"].group_keys())[0]
-    started = time.perf_counter()
-    with progress("4/8 FDK reconstruction (Parker short scan)") as update:
-        report = reconstruct_store(
-            str(store), str(out), mice=[first], weeks=[0], overwrite=True, client=client,
-            progress=update,
+
+def _reconstruction(store: Path, published: Path, report, console: Console) -> None:
+    """Every FDK volume of the run against the published (voxelised phantom) Recon-CT."""
+    table = Table("recon_ct scan", "mean |error| (grey)", "correlation", "bone Dice",
+                  "voxels >= 75: ours / published")  # fmt: skip
+    ours_root = zarr.open_group(str(store), mode="r")
+    published_root = zarr.open_group(str(published), mode="r")
+    for path in _done(report):
+        ours = ours_root[path]["0"][:].astype(np.float64)
+        truth = published_root[path]["0"][:].astype(np.float64)
+        if ours.shape != truth.shape:
+            table.add_row(path.split("/", 1)[1], "grid differs", "", "", "")
+            continue
+        ratio = (ours >= 75).sum() / max(1, (truth >= 75).sum())
+        table.add_row(
+            path.split("/", 1)[1], f"{np.abs(ours - truth).mean():.2f}",
+            f"{np.corrcoef(ours.ravel(), truth.ravel())[0, 1]:.3f}",
+            f"{_dice(truth >= 75, ours >= 75):.3f}", f"{ratio:.2f}",
         )  # fmt: skip
-    path = report.written[0]
-    ours = zarr.open_group(str(out), mode="r")[path]["0"][:].astype(np.float64)
-    truth = zarr.open_group(str(store), mode="r")[path]["0"][:].astype(np.float64)
-    console.print(
-        f"  FDK of {path} in {time.perf_counter() - started:.1f} s against the phantom: mean "
-        f"|error| {np.abs(ours - truth).mean():.2f} grey levels, correlation "
-        f"{np.corrcoef(ours.ravel(), truth.ravel())[0, 1]:.3f}, bone Dice "
-        f"{_dice(truth >= 75, ours >= 75):.3f}"
-    )
+    console.print(table)
 
 
-def _segment(store: Path, derived: Path, truth, client, console: Console, progress: Progress):
-    """Segment every converted Recon-CT; compare with the published (synthetic) Seg-CT."""
-    from bonemet_dask.ops.segment import segment_store
-
-    with progress("5/8 segment tibiae (threshold 75)") as update:
-        report = segment_store(
-            str(store), str(derived), overwrite=True, client=client, progress=update
-        )
+def _segmentation(store: Path, published: Path, truth, report, console: Console) -> None:
+    """The run's segmentation of its own FDK volumes against the published Seg-CT."""
     table = Table("seg_ct scan", "crop box (slice, y, x)", "Dice vs published")
-    ours_root = zarr.open_group(str(derived), mode="r")
-    published_root = zarr.open_group(str(store), mode="r")
-    for path in report.written:
+    ours_root = zarr.open_group(str(store), mode="r")
+    published_root = zarr.open_group(str(published), mode="r")
+    for path in _done(report):
         _, mouse, side, week = path.split("/")
         group = ours_root[path]
         box = group.attrs["bonemet"]["crop_box"]
         ours = group["mask"][:].astype(bool)
-        published = published_root[path]["0"][:] >= 75
+        published_mask = published_root[path]["0"][:] >= 75
         week_truth = truth["mice"][mouse]["weeks"][week.removeprefix("week")]
         published_lo = week_truth["seg_box"][side]["lo"]
-        dice = _dice_in_source(ours, box["lo"], published, published_lo)
+        dice = _dice_in_source(ours, box["lo"], published_mask, published_lo)
         table.add_row(path.split("/", 1)[1], f"{box['lo']} .. {box['hi']}", f"{dice:.3f}")
     console.print(table)
-    console.print(f"  segmented {len(report.written)} tibiae in {report.seconds:.1f} s")
-    for path, why in report.failed:
-        console.print(f"  [red]failed[/red] {path}: {why}")
 
 
 def _dice_in_source(ours, ours_lo, published, published_lo) -> float:
@@ -156,19 +186,16 @@ def _dice_in_source(ours, ours_lo, published, published_lo) -> float:
     return _dice(canvas_a, canvas_b)
 
 
-def _register(derived: Path, store: Path, truth, client, console: Console, progress: Progress):
-    """Register every segmented tibia; pose errors against the phantom's generating pose."""
-    from bonemet_dask.ops.register_store import register_store
+def _registration(store: Path, published: Path, truth, report, console: Console) -> None:
+    """Every registration of the run: pose error against the phantom's generating pose."""
     from bonemet_dask.synth.reference import scan_transform
     from bonemet_dask.transform import RigidTransform
 
-    with progress("6/8 register tibiae (week 0 vertical, later weeks to week 0)") as update:
-        report = register_store(str(derived), overwrite=True, client=client, progress=update)
     table = Table("regist_ct scan", "NCC", "flag", "pose error", "Dice vs published")
-    ours_root = zarr.open_group(str(derived), mode="r")
-    published_root = zarr.open_group(str(store), mode="r")
+    ours_root = zarr.open_group(str(store), mode="r")
+    published_root = zarr.open_group(str(published), mode="r")
     h_um = truth["grids"]["recon"]["voxel_size_mm"] * 1000
-    for path in report.written:
+    for path in _done(report):
         _, mouse, side, week = path.split("/")
         group = ours_root[path]
         record = group.attrs["bonemet"].get("registration", {})
@@ -177,21 +204,20 @@ def _register(derived: Path, store: Path, truth, client, console: Console, progr
         expected = scan_transform(truth, mouse, side, int(week.removeprefix("week")), crop_lo, h_um)
         angle, shift = _pose_error(found, expected, record["output_shape"], h_um)
         ours = group["0"][:] >= 75
-        published = published_root[path]["0"][:] >= 75 if path in published_root else None
-        same = published is not None and published.shape == ours.shape
+        reference = published_root[path]["0"][:] >= 75 if path in published_root else None
+        same = reference is not None and reference.shape == ours.shape
         table.add_row(
             path.split("/", 1)[1], f"{record.get('metric', {}).get('value', float('nan')):.3f}",
             str(record.get("quality", "?")), f"{angle:.2f}° / {shift:.2f} voxel",
-            f"{_dice(ours, published):.3f}" if same else "n/a",
+            f"{_dice(ours, reference):.3f}" if same else "n/a",
         )  # fmt: skip
     console.print(table)
     console.print(
-        f"  registered {len(report.written)} tibiae in {report.seconds:.1f} s (pose error: the "
-        "found transform against the phantom's pose, leg placement and crop; the reference is "
-        "the average leg, so anatomy differences count too)"
+        "  pose error: the found transform against the phantom's pose, leg placement and crop; "
+        "the reference is the average leg, so anatomy differences count too"
     )
-    for path, metric in report.poor:
-        console.print(f"  [yellow]poor registration[/yellow] {path}: metric {metric:.3f}")
+    for path, flag in report.flagged:
+        console.print(f"  [yellow]{path}[/yellow]: {flag}")
 
 
 def _pose_error(found, expected, shape, h_um: float) -> tuple[float, float]:
@@ -203,42 +229,25 @@ def _pose_error(found, expected, shape, h_um: float) -> tuple[float, float]:
     return angle, shift
 
 
-def _composite(derived: Path, store: Path, truth, roi_slices, paths, client, console, progress):
-    """Composite, RoI (``roi_slices`` below the junction), metrics CSV, one preview figure."""
-    from bonemet_dask.ops.composite_store import composite_store
-    from bonemet_dask.ops.metrics import write_metrics_csv
-    from bonemet_dask.preview import preview
-
-    with progress("7/8 composite, RoI and bone metrics") as update:
-        report = composite_store(
-            str(derived), count=roi_slices, overwrite=True, client=client, progress=update
-        )
+def _composites(truth, result, console: Console) -> None:
+    """Junctions against the truth, and formed/resorbed volumes of every RoI."""
     table = Table("roi_ct scan", "junction found / truth", "confidence", "formed mm³",
                   "resorbed mm³")  # fmt: skip
-    for path in report.written:
-        _, mouse, side, week = path.split("/")
-        junction = report.junctions.get(f"{mouse}/{side}", {})
+    for outcome in result.stages["composite"].outcomes:
+        if not outcome.done:
+            continue
+        _, mouse, side, week = outcome.path.split("/")
+        junction = outcome.details.get("junction", {})
         expected = truth["mice"].get(mouse, {}).get("weeks", {}).get(week.removeprefix("week"), {})
         expected = expected.get("roi", {}).get(side, {}).get("junction_regist_slice", "?")
-        row = _metrics_row(report.metrics, mouse, side, int(week.removeprefix("week")))
+        row = _metrics_row(result.table, mouse, side, int(week.removeprefix("week")))
         table.add_row(
-            path.split("/", 1)[1], f"{junction.get('slice', '?')} / {expected}",
+            outcome.path.split("/", 1)[1], f"{junction.get('slice', '?')} / {expected}",
             f"{junction.get('confidence', float('nan')):.2f}",
             f"{row.get('formed_volume_mm3', float('nan')):.3f}",
             f"{row.get('resorbed_volume_mm3', float('nan')):.3f}",
         )  # fmt: skip
     console.print(table)
-    write_metrics_csv(report.metrics, paths["metrics CSV"], store=str(store))
-    console.print(f"  wrote {len(report.written)} RoI composites in {report.seconds:.1f} s")
-    with progress("8/8 preview figure") as update:
-        first = report.written[-1] if report.written else None
-        if first is not None:
-            _, mouse, side, week = first.split("/")
-            preview(
-                str(derived), paths["preview"], component="roi_ct", mouse=mouse,
-                week=int(week.removeprefix("week")), side=side,
-            )  # fmt: skip
-        update(1, 1)
 
 
 def _metrics_row(frame, mouse: str, side: str, week: int) -> dict[str, Any]:

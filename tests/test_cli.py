@@ -48,7 +48,7 @@ def test_convert_verify_info(tree, tmp_path):
     args = ["convert", str(tree), str(store), "--components", "recon_ct,roi_ct"]
     result = runner.invoke(app, [*args, "--report", str(report)])
     assert result.exit_code == 0, result.output
-    assert json.loads(report.read_text())["converted"]
+    assert json.loads(report.read_text())["written"]
     result = runner.invoke(
         app, ["verify", str(tree), str(store), "--components", "recon_ct,roi_ct"]
     )

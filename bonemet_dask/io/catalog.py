@@ -22,8 +22,8 @@ from bonemet_dask.naming import (
     COMPONENTS,
     PER_TIBIA_COMPONENTS,
     SIDES,
-    parse_component,
 )
+from bonemet_dask.selection import Selection
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -291,24 +291,27 @@ class Catalog:
 
     def select(
         self,
+        selection: Selection | None = None,
         *,
         components: Iterable[str] | str | None = None,
         mice: Iterable[str | int] | str | int | None = None,
         sides: Iterable[str] | str | None = None,
-        weeks: Iterable[int] | int | None = None,
+        weeks: Iterable[int] | int | str | None = None,
     ) -> Catalog:
-        """Return the catalog restricted to the given components, mice, sides and weeks.
+        """Return the catalog restricted to a selection (the package's one matching rule).
 
         Parameters
         ----------
+        selection : Selection, optional
+            A parsed :class:`~bonemet_dask.selection.Selection`; the keywords narrow it.
         components : str or iterable of str, optional
             Canonical keys (``"recon_ct"``) or folder spellings (``"2. Recon-CT"``).
         mice : str, int or iterable of them, optional
             Animal ids (``851`` and ``"0851"`` are the same mouse).
         sides : str or iterable of str, optional
             Values of :data:`~bonemet_dask.naming.SIDES`.
-        weeks : int or iterable of int, optional
-            Week numbers.
+        weeks : int, str or iterable of int, optional
+            Week numbers, or range text such as ``"0,2-4"``.
 
         Returns
         -------
@@ -317,44 +320,14 @@ class Catalog:
 
         Raises
         ------
-        ValueError
-            If a component, side, mouse or week is not valid; the message lists what is allowed.
+        SelectionError
+            If a selector is malformed; the message shows a valid one.
         """
-        comp_set = side_set = mouse_set = week_set = None
-        if components is not None:
-            comp_set = set()
-            for item in [components] if isinstance(components, str) else components:
-                key = item if item in COMPONENTS else parse_component(str(item))
-                if key is None:
-                    raise ValueError(
-                        f"components={components!r}: {item!r} is not one of "
-                        f"{', '.join(COMPONENTS)} (or a folder name such as '2. Recon-CT')"
-                    )
-                comp_set.add(key)
-        if sides is not None:
-            side_set = {sides} if isinstance(sides, str) else set(sides)
-            if not side_set <= set(SIDES):
-                raise ValueError(f"sides={sides!r}: allowed values are {', '.join(SIDES)}")
-        if mice is not None:
-            items = [mice] if isinstance(mice, str | int) else list(mice)
-            try:
-                mouse_set = {int(m) for m in items}
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"mice={mice!r}: pass animal ids as integers or digit strings, e.g. [851, 852]"
-                ) from None
-        if weeks is not None:
-            items = [weeks] if isinstance(weeks, int) else list(weeks)
-            if not all(isinstance(w, int) and w >= 0 for w in items):
-                raise ValueError(f"weeks={weeks!r}: pass non-negative integers, e.g. [0, 2]")
-            week_set = set(items)
+        chosen = Selection.of(selection, components=components, mice=mice, sides=sides, weeks=weeks)
         kept = tuple(
             s
             for s in self.stacks
-            if (comp_set is None or s.component in comp_set)
-            and (side_set is None or s.side in side_set)
-            and (mouse_set is None or int(s.mouse) in mouse_set)
-            and (week_set is None or s.week in week_set)
+            if chosen.matches(mouse=s.mouse, side=s.side, week=s.week, component=s.component)
         )
         return replace(self, stacks=kept)
 

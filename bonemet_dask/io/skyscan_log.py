@@ -23,10 +23,10 @@ import logging
 import math
 import numbers
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "SkyScanLog",
@@ -34,6 +34,7 @@ __all__ = [
     "SkyScanSummary",
     "format_skyscan_log",
     "normalise_key",
+    "nrecon_reference",
     "parse_skyscan_log",
 ]
 
@@ -480,3 +481,32 @@ def _format_value(key: str, value: object, section: str) -> str:
             f"key={key!r} in section [{section}] has a line break in its value {text!r}; remove it"
         )
     return text
+
+
+def nrecon_reference(log: SkyScanLog | None, shape: Sequence[int] | None) -> dict[str, Any] | None:
+    """What NRecon used for a published reconstruction: its grid shape and its grey window.
+
+    ``reconstruct`` follows it, so our volume has the published volume's voxels and grey 75
+    means what it means there.
+
+    Parameters
+    ----------
+    log : SkyScanLog or None
+        The Recon-CT ``.log``.
+    shape : sequence of 3 int or None
+        The published stack's ``(slices, height, width)``.
+
+    Returns
+    -------
+    dict or None
+        ``{"shape": [n, h, w] or None, "window_per_mm": [lo, hi] or None}`` (JSON-able); None
+        when neither is known.
+    """
+    window = None
+    if log is not None:
+        lo, hi = log.summary.cs_to_image_min, log.summary.cs_to_image_max
+        if lo is not None and hi is not None and hi > lo:
+            window = [float(lo), float(hi)]
+    if window is None and shape is None:
+        return None
+    return {"shape": None if shape is None else [int(n) for n in shape], "window_per_mm": window}

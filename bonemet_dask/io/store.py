@@ -15,7 +15,7 @@ import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
@@ -46,6 +46,7 @@ __all__ = [
     "scan_group_path",
     "set_status",
     "shard_is_complete",
+    "write_scan_shard",
     "write_shard",
 ]
 
@@ -384,9 +385,11 @@ def ome_image_attrs(name: str, dims: Sequence[str], scale: Sequence[float]) -> d
 # --------------------------------------------------------------------------------------------
 
 
-def _array_specs(layout: ImageLayout) -> dict[str, dict[str, Any]]:
+def _array_specs(
+    layout: ImageLayout, extras: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     n, step, axis = layout.shape[0], layout.slices_per_shard, layout.dims[0]
-    return {
+    specs = {
         "0": dict(shape=layout.shape, dtype=layout.dtype, chunks=layout.chunks,
                   shards=layout.shards, dimension_names=layout.dims,
                   compressors=layout.compressors()),
@@ -396,9 +399,16 @@ def _array_specs(layout: ImageLayout) -> dict[str, dict[str, Any]]:
         "slice_hash": dict(shape=(n, 16), dtype="uint8", chunks=(step, 16), shards=None,
                            dimension_names=(axis, "digest"), compressors=()),
     }  # fmt: skip
+    for name, extra in (extras or {}).items():  # arrays on the image grid: "mask", "greyscale"
+        other = replace(layout, dtype=np.dtype(extra.get("dtype", layout.dtype)).name)
+        specs[name] = dict(shape=layout.shape, dtype=other.dtype, chunks=layout.chunks,
+                           shards=layout.shards, dimension_names=layout.dims,
+                           compressors=other.compressors(),
+                           attributes=dict(extra.get("attributes", {})))  # fmt: skip
+    return specs
 
 
-def _array_matches(array: zarr.Array, spec: Mapping[str, Any]) -> bool:
+def _array_matches(array: zarr.Array, spec: Mapping[str, Any]) -> bool:  # attributes not compared
     return (
         tuple(array.shape) == tuple(spec["shape"])
         and array.dtype == np.dtype(spec["dtype"])
@@ -452,6 +462,7 @@ def create_image_group(
     *,
     attrs: Mapping[str, Any],
     overwrite: bool = False,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> zarr.Group:
     """Create (or reopen) the OME-Zarr image group of one scan with its three arrays.
 
@@ -468,6 +479,9 @@ def create_image_group(
         ``status`` defaults to ``"incomplete"``.
     overwrite : bool, optional
         Delete whatever is at ``path`` first.
+    extras : mapping, optional
+        More arrays on the image grid, sharded like ``0``, one writer per shard with it:
+        ``{"mask": {"dtype": "uint8", "attributes": {...}}}``.
 
     Returns
     -------
@@ -489,7 +503,7 @@ def create_image_group(
     bonemet = {"status": "incomplete", **dict(attrs)}
     _check_choice("status", bonemet["status"], STATUSES)
     ome = ome_image_attrs(path, layout.dims, layout.scale)
-    specs = _array_specs(layout)
+    specs = _array_specs(layout, extras)
     if not root.path:
         root_attrs = dict(root.attrs.get("bonemet", {}))
         if "layout" not in root_attrs:
@@ -587,6 +601,40 @@ def write_shard(array: zarr.Array, shard: int, block: np.ndarray) -> None:
         sync(array.store.delete(key))
     else:
         sync(array.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def write_scan_shard(
+    group: zarr.Group,
+    shard: int,
+    arrays: Mapping[str, np.ndarray],
+    digests: np.ndarray | None = None,
+) -> None:
+    """Write shard ``shard`` of each array of a scan group, then its digests: the done-marker.
+
+    The one shard writer of every stage: ``arrays`` maps array names (``"0"`` first, then
+    ``"mask"``...) to host blocks covering the whole shard; the ``slice_hash`` chunk, written
+    last, marks the shard complete (:func:`completed_shards`), so a killed task leaves a shard
+    that a rerun writes again.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        An image group made by :func:`create_image_group`.
+    shard : int
+        Shard index along axis 0.
+    arrays : mapping of str to numpy.ndarray
+        The blocks; must include ``"0"``.
+    digests : numpy.ndarray, optional
+        ``(slices, 16)`` digests of the ``"0"`` block (computed when omitted).
+    """
+    from bonemet_dask.kernels.slab import slab_digests
+
+    image = arrays["0"]
+    for name, block in arrays.items():
+        write_shard(group[name], shard, block)  # type: ignore[arg-type]
+    start = shard * group["0"].shards[0]  # type: ignore[union-attr]
+    hashes = _hash_array(group)
+    hashes[start : start + image.shape[0]] = slab_digests(image) if digests is None else digests
 
 
 def shard_is_complete(group: zarr.Group, shard_index: int) -> bool:

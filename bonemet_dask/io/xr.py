@@ -30,7 +30,7 @@ from bonemet_dask.io.store import (
 )
 from bonemet_dask.naming import COMPONENTS, SIDES
 
-__all__ = ["open_store", "stack"]
+__all__ = ["open_scan", "open_store", "stack"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +115,61 @@ def open_store(
 
 
 _OWN_ARRAYS = ("0", "slice_index", "slice_hash")
+_READ_NAMES: Final = {
+    "rotation_xray": "projections",
+    "recon_ct": "recon",
+    "seg_ct": "seg",
+    "regist_ct": "regist",
+    "roi_ct": "roi",
+}
+"""Dashboard names of the read tasks per component (``read-recon``: task names allow letters)."""
+
+
+def open_scan(group: zarr.Group, *, chunks: str = "inner") -> xr.Dataset:
+    """The labelled Dataset of one scan group, as :func:`open_store` shows it.
+
+    Reads the group's metadata and its ``slice_index`` only; a stage that works on one scan
+    of a large store opens just that scan.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        A scan group ``{component}/{mouse}/{side}/week{k}``.
+    chunks : {"inner", "shard"}, optional
+        Dask chunks of the arrays (see :func:`open_store`).
+
+    Raises
+    ------
+    ValueError
+        If the group is not a scan group (no array ``0`` or ``slice_index``).
+    """
+    if chunks not in _CHUNKINGS:
+        raise ValueError(f"chunks={chunks!r} is not one of {', '.join(map(repr, _CHUNKINGS))}")
+    parts = group.path.split("/")[-4:]
+    arrays = {name: node for name, node in group.members() if isinstance(node, zarr.Array)}
+    image, index = arrays.get("0"), arrays.get("slice_index")
+    if image is None or index is None or len(parts) != 4:
+        raise ValueError(
+            f"group {group.path!r} is not a scan group (it lacks array '0' or 'slice_index')"
+        )
+    extras = {
+        name: array
+        for name, array in arrays.items()
+        if name not in _OWN_ARRAYS
+        and array.shape == image.shape
+        and array.metadata.dimension_names == image.metadata.dimension_names
+    }
+    return _scan_dataset(group, image, index, parts, chunks=chunks, extras=extras)
 
 
 def _lazy(array: zarr.Array, chunks: str) -> da.Array:
     block = array.chunks if chunks == "inner" else (array.shards or array.chunks)
-    name = "bonemet-" + tokenize(str(array.store), array.path, array.shape, str(array.dtype), block)
-    return da.from_array(array, chunks=block, name=name, lock=False, asarray=True, fancy=False)
+    component = array.path.split("/", 1)[0]
+    prefix = "read-" + _READ_NAMES.get(component, "array")
+    token = tokenize(str(array.store), array.path, array.shape, str(array.dtype), block)
+    return da.from_array(
+        array, chunks=block, name=f"{prefix}-{token}", lock=False, asarray=True, fancy=False
+    )
 
 
 def _scan_dataset(

@@ -16,14 +16,17 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 
 from bonemet_dask import __version__
+from bonemet_dask.cluster import active_client
 from bonemet_dask.io.catalog import Catalog, Stack, scan_source
 from bonemet_dask.io.records import write_records
+from bonemet_dask.io.scans import open_root
+from bonemet_dask.io.skyscan_log import nrecon_reference
 from bonemet_dask.io.store import (
     STORE_LAYOUT_VERSION,
     ImageLayout,
@@ -33,9 +36,11 @@ from bonemet_dask.io.store import (
     open_zarr_store,
     scan_group_path,
     set_status,
-    write_shard,
+    write_scan_shard,
 )
 from bonemet_dask.kernels.slab import SlabDecodeError, decode_slab
+from bonemet_dask.ops.stage import Outcome, StageReport
+from bonemet_dask.selection import Selection, mouse_key
 
 logger = logging.getLogger(__name__)
 
@@ -59,52 +64,6 @@ class ConversionError(RuntimeError):
 
 class ShardWriterError(ValueError):
     """Two tasks would write one shard, or a task would write a partial shard."""
-
-
-@dataclass
-class ConversionReport:
-    """What a conversion did.
-
-    Attributes
-    ----------
-    converted : list of str
-        Scan groups completed by this run.
-    skipped : list of str
-        Scan groups that were already complete with the same fingerprint.
-    quarantined : dict
-        Stack folder -> list of ``(file, reason)``; those scans are not (fully) in the store.
-    shards_written : int
-        Shards written by this run (a rerun after a crash writes only the missing ones).
-    bytes_read : int
-        PNG bytes read.
-    seconds : float
-        Wall time.
-    """
-
-    store: str
-    converted: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    quarantined: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    shards_written: int = 0
-    bytes_read: int = 0
-    seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        """3 when anything was quarantined, else 0 (the CLI's exit code)."""
-        return 3 if self.quarantined else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "store": self.store,
-            "converted": self.converted,
-            "skipped": self.skipped,
-            "quarantined": {k: [list(p) for p in v] for k, v in self.quarantined.items()},
-            "shards_written": self.shards_written,
-            "bytes_read": self.bytes_read,
-            "seconds": self.seconds,
-        }
 
 
 @dataclass(frozen=True)
@@ -233,15 +192,34 @@ def check_single_writer(tasks: Sequence[ShardTask], layout: ImageLayout) -> None
 
 
 def selected_catalog(
-    source: str | os.PathLike | Catalog, storage_options: dict | None, **selection: Any
-) -> Catalog:
-    """The catalog of ``source`` (scanned unless it already is one), restricted to a selection."""
-    catalog = (
+    source: str | os.PathLike | Catalog,
+    storage_options: dict | None,
+    selection: Selection | None = None,
+    *,
+    require_match: bool = True,
+    **selectors: Any,
+) -> tuple[Catalog, Catalog]:
+    """The catalog of ``source`` (scanned unless it already is one) and its selected part.
+
+    Raises
+    ------
+    NothingSelectedError
+        When ``require_match`` and the selection matches no stack; the message lists what the
+        source holds.
+    """
+    full = (
         source
         if isinstance(source, Catalog)
         else scan_source(source, storage_options=storage_options)
     )
-    return catalog.select(**selection)
+    chosen = Selection.of(selection, **selectors)
+    selected = full.select(chosen)
+    if require_match and not selected.stacks:
+        of_components = [s for s in full.stacks if chosen.matches(component=s.component)]
+        what = "image stacks" if chosen.components is None else ", ".join(chosen.components)
+        chosen.require(0, [(s.mouse, s.side, s.week) for s in of_components or full.stacks],
+                       what=f"{what} scans", where=f"source {full.root!r}")  # fmt: skip
+    return full, selected
 
 
 def read_files(fs: Any, paths: Sequence[str]) -> list[bytes]:
@@ -273,9 +251,7 @@ def convert_shard(
     except SlabDecodeError as err:
         return task, nbytes, task.paths[err.position], str(err)
     group = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r+")
-    scan = group[task.group_path]
-    write_shard(scan["0"], task.shard, slab)
-    scan["slice_hash"][task.start : task.stop] = digests  # written last: marks the shard done
+    write_scan_shard(group[task.group_path], task.shard, {"0": slab}, digests)
     return task, nbytes, None, None
 
 
@@ -287,6 +263,7 @@ def convert(
     mice: Sequence[str] | str | None = None,
     weeks: Sequence[int] | int | None = None,
     sides: Sequence[str] | str | None = None,
+    selection: Selection | None = None,
     client: Any = None,
     on_error: Literal["quarantine", "stop"] = "quarantine",
     overwrite: bool = False,
@@ -296,7 +273,9 @@ def convert(
     storage_options: dict | None = None,
     source_storage_options: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> ConversionReport:
+    require_match: bool = True,
+    records: bool = True,
+) -> StageReport:
     """Convert the image stacks of a BoneMet tree into one sharded OME-Zarr store.
 
     Parameters
@@ -306,10 +285,12 @@ def convert(
     store : str, path or zarr Store
         Destination (local path, ``memory://``, ``s3://`` ... or a zarr store object).
     components, mice, weeks, sides : optional
-        Selection, as :meth:`Catalog.select`.
+        Selection (:class:`~bonemet_dask.selection.Selection` rules), narrowing ``selection``.
+    selection : Selection, optional
+        A parsed selection.
     client : distributed.Client, optional
         Run the shard tasks on this cluster (the store must be reachable from the workers);
-        without one they run on a local thread pool.
+        default the active client, and without one a local thread pool.
     on_error : {"quarantine", "stop"}
         What to do with a bad stack: leave it out and report it (exit code 3 in the CLI), or stop.
     overwrite : bool
@@ -326,10 +307,19 @@ def convert(
         fsspec options for ``source`` (when it is a URL).
     progress : callable, optional
         ``progress(done, total)`` after every shard.
+    require_match : bool
+        Raise :class:`~bonemet_dask.selection.NothingSelectedError` when the selection matches
+        no stack.
+    records : bool
+        Also write the source's MiceMediRec table to ``/medirec`` (``run`` writes it once).
 
     Returns
     -------
-    ConversionReport
+    StageReport
+        ``written``: groups completed by this run; ``up to date``: already complete;
+        ``quarantined``: stack folder -> ``[(file, reason)]``; ``shards_written`` and
+        ``bytes_read``.  Each projection group records, under ``nrecon``, the grid and grey
+        window of the same scan's published Recon-CT when the source has its ``.log``.
 
     Raises
     ------
@@ -337,72 +327,79 @@ def convert(
         With ``on_error="stop"`` on the first bad stack or file, or when a group already holds
         a conversion with another fingerprint and ``overwrite`` is False.
     """
-    import zarr
-
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r} is not one of {', '.join(map(repr, ON_ERROR))}")
     started = time.perf_counter()
-    catalog = selected_catalog(
-        source, source_storage_options, components=components, mice=mice, weeks=weeks, sides=sides
-    )
-    report = ConversionReport(store=str(store))
+    full, catalog = selected_catalog(
+        source, source_storage_options, selection, require_match=require_match,
+        components=components, mice=mice, weeks=weeks, sides=sides,
+    )  # fmt: skip
+    report = StageReport("convert")
     options = {"slices_per_shard": slices_per_shard, "codec": codec, "level": level}
     bad = [s for s in catalog.stacks if not s.ok]
     for stack in bad:
         errors = [(p.path, p.message) for p in stack.problems if p.severity == "error"]
-        report.quarantined[stack.folder] = errors
+        path = scan_group_path(stack.component, stack.mouse, stack.side, stack.week)
+        details = {"folder": stack.folder, "problems": errors}
+        reason = errors[0][1] if errors else "catalog error"
+        report.outcomes.append(Outcome(path, "quarantined", reason, details=details))
     if bad and on_error == "stop":
-        first = bad[0]
+        first = report.outcomes[0]
         raise ConversionError(
-            f"{len(bad)} stack(s) have errors, first {first.folder!r}: "
-            f"{report.quarantined[first.folder][0][1]}; fix them or use on_error='quarantine'"
+            f"{len(bad)} stack(s) have errors, first {first.details['folder']!r}: "
+            f"{first.reason}; fix them or use on_error='quarantine'"
         )
-    root = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="a")
+    root = open_root(store, mode="a", storage_options=storage_options)
     root_attrs = dict(root.attrs.get("bonemet", {}))
     wanted = root_attrs | {"layout": LAYOUT_VERSION, "package": "bonemet-dask"}
     wanted["sources"] = sorted({*root_attrs.get("sources", []), str(catalog.root)})
     if wanted != root_attrs:  # a rerun leaves the root document untouched
         root.attrs["bonemet"] = wanted
+    references = {
+        (mouse_key(s.mouse), s.week): nrecon_reference(s.log, s.shape)
+        for s in full.stacks
+        if s.component == "recon_ct"
+    }
     tasks: list[ShardTask] = []
-    pending: dict[str, int] = {}
+    pending: dict[str, Outcome] = {}
     for stack in catalog.stacks:
         if not stack.ok:
             continue
-        group_path, todo = _prepare_stack(root, stack, overwrite=overwrite, options=options)
+        reference = references.get((mouse_key(stack.mouse), stack.week))
+        group_path, todo, resumed = _prepare_stack(
+            root, stack, overwrite=overwrite, options=options, reference=reference
+        )
         if todo is None:
-            report.skipped.append(group_path)
+            report.outcomes.append(Outcome(group_path, "up to date", "already converted"))
             continue
         tasks.extend(todo)
-        pending[group_path] = len(todo)
-    if catalog.records_path:
-        _write_medirec(root, catalog)
+        pending[group_path] = Outcome(group_path, "resumed" if resumed else "written",
+                                      shards=len(todo))  # fmt: skip
+    if records and catalog.records_path:
+        write_source_records(root, catalog)
+    client = client or active_client()
     failures = _run(tasks, store, catalog.fs, storage_options, client, report, progress, on_error)
-    for group_path in pending:
+    for group_path, outcome in pending.items():
         scan = root[group_path]
         if group_path in failures:
             set_status(scan, "quarantined")
             scan.attrs["bonemet"] = get_bonemet_attrs(scan) | {"problems": failures[group_path]}
             folder = get_bonemet_attrs(scan)["source"]["folder"]
-            report.quarantined[folder] = failures[group_path]
+            problems = failures[group_path]
+            outcome = Outcome(group_path, "quarantined", problems[0][1],
+                              details={"folder": folder, "problems": problems})  # fmt: skip
         else:
             set_status(scan, "complete")
-            report.converted.append(group_path)
+        report.outcomes.append(outcome)
     report.seconds = time.perf_counter() - started
-    logger.info(
-        "converted %d scans (%d shards), skipped %d, quarantined %d in %.1f s",
-        len(report.converted),
-        report.shards_written,
-        len(report.skipped),
-        len(report.quarantined),
-        report.seconds,
-    )
+    logger.info("convert: %s in %.1f s", report.counts(), report.seconds)
     return report
 
 
 def _prepare_stack(
-    root, stack: Stack, *, overwrite: bool, options: dict[str, Any]
-) -> tuple[str, list[ShardTask] | None]:
-    """Create (or check) a stack's group; return its path and the shard tasks still to run."""
+    root, stack: Stack, *, overwrite: bool, options: dict[str, Any], reference: dict | None
+) -> tuple[str, list[ShardTask] | None, bool]:
+    """Create (or check) a stack's group: its path, the shard tasks to run, whether resumed."""
     layout = layout_for(stack, **options)
     group_path = scan_group_path(stack.component, stack.mouse, stack.side, stack.week)
     print_ = fingerprint(stack, layout)
@@ -416,22 +413,24 @@ def _prepare_stack(
                 "pass overwrite=True (CLI --overwrite) to replace it, or use another store"
             )
         if attrs.get("fingerprint") == print_ and attrs.get("status") == "complete":
-            return group_path, None
+            return group_path, None, False
         if attrs.get("fingerprint") != print_:
             existing = None  # stale or half-created metadata: recreate below
     if existing is None:
-        scan = create_image_group(
-            root, group_path, layout, attrs=_scan_attrs(stack, layout, print_), overwrite=True
-        )
+        attrs = _scan_attrs(stack, layout, print_, reference)
+        scan = create_image_group(root, group_path, layout, attrs=attrs, overwrite=True)
         scan["slice_index"][:] = np.asarray(stack.indices, dtype=np.int64)
         set_status(scan, "incomplete")
         done: set[int] = set()
     else:
         done = completed_shards(existing)
-    return group_path, [t for t in shard_tasks(stack, layout, group_path) if t.shard not in done]
+    todo = [t for t in shard_tasks(stack, layout, group_path) if t.shard not in done]
+    return group_path, todo, bool(done)
 
 
-def _scan_attrs(stack: Stack, layout: ImageLayout, print_: str) -> dict[str, Any]:
+def _scan_attrs(
+    stack: Stack, layout: ImageLayout, print_: str, reference: dict | None
+) -> dict[str, Any]:
     log = stack.log
     attrs: dict[str, Any] = {
         "component": stack.component,
@@ -458,10 +457,13 @@ def _scan_attrs(stack: Stack, layout: ImageLayout, print_: str) -> dict[str, Any
         step = log.summary.rotation_step_deg if log is not None else None
         if step:
             attrs["angles_deg"] = [round(i * step, 6) for i in stack.indices]
+        if reference:  # how NRecon reconstructed this scan: `reconstruct` follows it
+            attrs["nrecon"] = reference
     return attrs
 
 
-def _write_medirec(root, catalog: Catalog) -> None:
+def write_source_records(root, catalog: Catalog) -> None:
+    """Write the catalog's ``record.csv`` to the store's ``/medirec`` (replacing it)."""
     import pandas as pd
 
     with catalog.fs.open(catalog.records_path, "rb") as handle:

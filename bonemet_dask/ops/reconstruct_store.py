@@ -1,227 +1,197 @@
-"""Reconstruct the projection scans of a store and write ``recon_ct`` groups, one shard per slab.
+"""The ``reconstruct`` stage: FDK of every selected projection scan into a ``recon_ct`` group.
 
-Each output slab is exactly one shard, written by the task that computes it (then its slice
-digests, as in ``convert``), so the write has one writer per shard and leaves verifiable groups.
+Reads ``rotation_xray/{mouse}/both/week{k}``, writes ``recon_ct/{mouse}/both/week{k}``: the
+NRecon-like uint8 volume as image ``0`` (one shard per z-slab, each written by the task that
+reconstructs it) and, with ``keep_float``, the float32 attenuation beside it.  The grid and the
+grey window follow what NRecon used for the published reconstruction of the same scan when it
+is known (its ``.log``, recorded by ``convert`` with the projections, or a converted Recon-CT
+group): the same voxels, and grey 75 meaning what it means in the published volumes.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
-import zarr
+from dask.base import tokenize
 
+from bonemet_dask import _backend
 from bonemet_dask.geometry import VolumeGrid
-from bonemet_dask.io.store import (
-    ImageLayout,
-    create_image_group,
-    get_bonemet_attrs,
-    open_zarr_store,
-    scan_group_path,
-    set_status,
-    write_shard,
-)
-from bonemet_dask.io.xr import open_store
+from bonemet_dask.io.scans import ScanRef
+from bonemet_dask.io.skyscan_log import format_skyscan_log, nrecon_reference, parse_skyscan_log
+from bonemet_dask.io.store import ImageLayout
 from bonemet_dask.kernels.intensity import to_uint8
-from bonemet_dask.kernels.slab import slab_digests
-from bonemet_dask.ops.reconstruct import default_grid, geometry_from_attrs, reconstruct
+from bonemet_dask.ops.engine import UnitContext, run_stage
+from bonemet_dask.ops.reconstruct import WINDOWS, default_grid, geometry_from_attrs, reconstruct
+from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport
+from bonemet_dask.selection import Selection
+
+__all__ = ["Reconstruct", "reconstruct_store"]
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class ReconstructionReport:
-    """What :func:`reconstruct_store` wrote or skipped."""
-
-    written: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
+WINDOW_FROM_LOG = "NRecon .log (Minimum/Maximum for CS to Image Conversion)"
 
 
-def _write_slab(block, store, storage_options, path, lo, hi, keep_float, block_info=None):
-    """Task: window one reconstructed slab to uint8, write its shard(s) and digests."""
-    start = block_info[0]["array-location"][0][0]
-    group = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r+")
-    scan = group[path]
-    grey = to_uint8(block, lo, hi)
-    shard = start // scan["0"].shards[0]
-    write_shard(scan["0"], shard, grey)
-    if keep_float:
-        write_shard(scan["attenuation"], shard, block.astype(np.float32))
-    scan["slice_hash"][start : start + block.shape[0]] = slab_digests(grey)
-    return np.ones((1, 1, 1), np.uint8)
+class Reconstruct(Stage):
+    """Cone-beam FDK (Parker short-scan weights) of projection scans, windowed to uint8."""
+
+    name = "reconstruct"
+    reads = "rotation_xray"
+    writes = "recon_ct"
+    produced_by = (
+        "convert the projections (bonemet-dask convert SRC STORE --components rotation_xray)"
+    )
+
+    def __init__(
+        self,
+        *,
+        filter: str = "hamming",
+        window: tuple[float, float] | None = None,
+        keep_float: bool = False,
+        backend: str = "auto",
+        slices_per_shard: int | None = None,
+    ) -> None:
+        if filter not in WINDOWS:
+            raise ValueError(f"filter={filter!r} is not one of {', '.join(map(repr, WINDOWS))}")
+        if backend not in _backend.BACKENDS:
+            raise ValueError(f"backend={backend!r} is not one of {', '.join(_backend.BACKENDS)}")
+        if window is not None and not (len(window) == 2 and float(window[1]) > float(window[0])):
+            raise ValueError(f"window={window!r} must be (minimum, maximum) with maximum > minimum")
+        super().__init__(
+            filter=filter,
+            window=None if window is None else [float(v) for v in window],
+            keep_float=bool(keep_float),
+            slices_per_shard=slices_per_shard,
+        )
+        self.backend = backend  # not fingerprinted: both backends agree within float tolerance
+
+    def outputs(self, scans: list[ScanRef]) -> list[Output]:
+        """One ``recon_ct`` hindlimb volume per projection scan."""
+        return [self.output_for(scan, side="both") for scan in scans if scan.side == "both"]
+
+    def reference(self, output: Output, context: UnitContext) -> dict[str, Any]:
+        """The NRecon reference of a scan: recorded with its projections, or a converted group."""
+        scan = output.inputs["input"]
+        recorded = scan.attrs.get("nrecon")
+        if recorded:
+            return recorded
+        for _, root in context.roots.reading_order():
+            group = root.get(output.path)
+            if group is None:
+                continue
+            attrs = dict(group.attrs.get("bonemet", {}))
+            if (attrs.get("provenance") or {}).get("stage", "convert") != "convert":
+                continue  # our own earlier output: its grid is no evidence of NRecon's
+            log = (attrs.get("source") or {}).get("log")
+            parsed = parse_skyscan_log(format_skyscan_log(log)) if log else None
+            return nrecon_reference(parsed, group["0"].shape) or {}
+        return {}
+
+    def identity(self, output: Output, context: UnitContext) -> dict[str, Any]:
+        """The grid and window the volume will have (they change every voxel)."""
+        reference = self.reference(output, context)
+        return {
+            "shape": reference.get("shape"),
+            "window": self.parameters["window"] or reference.get("window_per_mm"),
+        }
+
+    def build(self, output: Output, context: UnitContext) -> Product:
+        """The lazy FDK volume, windowed, one z-slab per shard."""
+        node = context.open(output.inputs["input"])
+        projections = node["image"].assign_attrs(bonemet=dict(node.attrs))
+        try:
+            geometry = geometry_from_attrs(projections.attrs)
+        except ValueError as err:
+            raise StageFailure(f"{output.inputs['input'].path}: {err}") from None
+        reference = self.reference(output, context)
+        shape = reference.get("shape")
+        grid = VolumeGrid(tuple(shape), geometry.voxel_size) if shape else default_grid(geometry)
+        layout = ImageLayout.default_for(
+            "ct", grid.shape, "uint8", voxel_size_um=geometry.voxel_size * 1000,
+            slices_per_shard=self.parameters["slices_per_shard"],
+        )  # fmt: skip
+        volume = reconstruct(projections, geometry, filter=self.parameters["filter"], grid=grid,
+                             slab_slices=layout.slices_per_shard, backend=self.backend)  # fmt: skip
+        window, source = self._window(output, reference, volume)
+        lo, hi = window
+        grey = volume.data.map_blocks(
+            to_uint8, lo, hi, dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8),
+            name="fdk-window-" + tokenize(volume.data.name, lo, hi),
+        )  # fmt: skip
+        arrays, extras = {"0": grey}, {}
+        if self.parameters["keep_float"]:
+            arrays["attenuation"] = volume.data
+            extras["attenuation"] = {"dtype": "float32", "attributes": {"units": "1/mm"}}
+        provenance = dict(volume.attrs["bonemet"]["provenance"])
+        provenance.pop("stage", None)
+        provenance.update(window_per_mm=[lo, hi], window_from=source, grid_shape=list(grid.shape))
+        return Product(layout, arrays, {"provenance": provenance}, extras=extras)
+
+    def _window(self, output, reference, volume) -> tuple[tuple[float, float], str]:
+        if self.parameters["window"]:
+            return tuple(self.parameters["window"]), "window parameter"
+        if reference.get("window_per_mm"):
+            return tuple(reference["window_per_mm"]), WINDOW_FROM_LOG
+        recorded = ((output.resume or {}).get("provenance") or {}).get("window_per_mm")
+        if recorded:  # resuming: the window the finished shards were written with
+            return tuple(recorded), "0.1/99.9 percentiles of the volume"
+        logger.warning(
+            "%s: no NRecon window known (no Recon-CT .log); grey levels come from the 0.1 and "
+            "99.9 percentiles, so threshold 75 may not mean what it means in BoneMet",
+            output.path,
+        )
+        sample = np.asarray(volume.data[:: max(1, volume.shape[0] // 8)])
+        lo, hi = np.percentile(sample, (0.1, 99.9))
+        return (float(lo), float(hi)), "0.1/99.9 percentiles of the volume"
 
 
 def reconstruct_store(
     store: Any,
     out: Any = None,
     *,
-    mice: Sequence[str] | None = None,
-    weeks: Sequence[int] | None = None,
+    mice: Any = None,
+    weeks: Any = None,
     filter: str = "hamming",
     window: tuple[float, float] | None = None,
     keep_float: bool = False,
-    overwrite: bool = False,
     backend: str = "auto",
-    storage_options: dict | None = None,
-    client: Any = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> ReconstructionReport:
+    slices_per_shard: int | None = None,
+    **run_options: Any,
+) -> StageReport:
     """FDK-reconstruct every selected ``rotation_xray`` scan into ``recon_ct`` groups.
 
     Parameters
     ----------
-    store : str or zarr Store
-        Store holding converted projections.
-    out : str or zarr Store, optional
-        Where to write (default ``store``).  A ``recon_ct`` group converted from the source (the
-        published reconstruction) is never replaced unless ``overwrite``.
+    store, out : str, os.PathLike or zarr Store
+        Store holding converted projections; where to write (default ``store``).  A
+        ``recon_ct`` group converted from the source (the published reconstruction) is refused
+        unless ``overwrite=True``.
     mice, weeks : optional
-        Selection.
+        Selection (:class:`~bonemet_dask.selection.Selection` rules: ``"851"``, ``[851]``,
+        ``"0,2-4"``...).
     filter : str
         Ramp window (see :func:`bonemet_dask.ops.reconstruct.reconstruct`).
     window : (float, float), optional
-        Attenuation (1/mm) mapped to grey 0 and 255; default from the scan's NRecon ``.log``
-        (``Minimum/Maximum for CS to Image Conversion``) when the store has one, else percentiles.
+        Attenuation (1/mm) mapped to grey 0 and 255; default NRecon's window for the scan
+        (its Recon-CT ``.log``), else the volume's 0.1/99.9 percentiles (with a warning).
     keep_float : bool
         Also store the float32 attenuation as array ``attenuation``.
     backend : {"auto", "numpy", "cupy"}
-        Where the filter and backprojection tasks run (see ``reconstruct``): ``"auto"`` uses
-        CuPy on workers with a working GPU.
+        Where the filter and backprojection tasks run.
+    slices_per_shard : int, optional
+        Slices per shard (= per writing task); default 64.
+    **run_options
+        ``overwrite``, ``client``, ``concurrency``, ``compute``, ``storage_options``,
+        ``progress``: see :func:`~bonemet_dask.ops.engine.run_stage`.
 
-    Notes
-    -----
-    The volume matches the shape of the same scan's converted Recon-CT when the store has one
-    (centred on the rotation axis, as NRecon's default region), else
-    :func:`~bonemet_dask.ops.reconstruct.default_grid`.
-    overwrite : bool
-        Replace existing ``recon_ct`` groups.
-    storage_options : dict, optional
-        fsspec options for the stores.
-    client : distributed.Client, optional
-        Cluster to compute on (default: the local threaded scheduler).
-    progress : callable, optional
-        ``progress(done, total)`` after each scan.
+    Returns
+    -------
+    StageReport
+        Or, with ``compute=False``, a ``dask.delayed`` that writes everything and returns it.
     """
-    started = time.perf_counter()
-    out = store if out is None else out
-    tree = open_store(store, storage_options=storage_options)
-    root = zarr.open_group(open_zarr_store(out, storage_options=storage_options), mode="a")
-    report = ReconstructionReport()
-    scans = [
-        node
-        for node in tree.subtree
-        if node.path.startswith("/rotation_xray/") and "image" in node.dataset
-    ]
-    selected = [
-        node
-        for node in scans
-        if (mice is None or str(node.dataset.attrs.get("mouse")) in {str(m) for m in mice})
-        and (weeks is None or int(node.dataset.attrs.get("week", -1)) in set(weeks))
-    ]
-    for done, node in enumerate(selected, start=1):
-        attrs = node.dataset.attrs
-        path = scan_group_path("recon_ct", attrs["mouse"], "both", attrs["week"])
-        existing = root.get(path)
-        if existing is not None and not overwrite:
-            stage = get_bonemet_attrs(existing).get("provenance", {}).get("stage", "?")
-            report.skipped.append((path, f"exists (written by {stage}); pass overwrite=True"))
-            continue
-        projections = node.dataset["image"].assign_attrs(bonemet=dict(attrs))
-        geometry = geometry_from_attrs(projections.attrs)
-        grid = _grid_like_source(tree, attrs, geometry) or default_grid(geometry)
-        layout = ImageLayout.default_for(
-            "ct", grid.shape, "uint8", voxel_size_um=geometry.voxel_size * 1000
-        )
-        volume = reconstruct(
-            projections, geometry, filter=filter, grid=grid, slab_slices=layout.slices_per_shard,
-            backend=backend,
-        )  # fmt: skip
-        lo, hi = window or _window_from_store(tree, attrs) or _percentile_window(volume)
-        provenance = volume.attrs["bonemet"]["provenance"] | {
-            "input": node.path,
-            "window_per_mm": [lo, hi],
-        }
-        scan_attrs = {
-            "component": "recon_ct",
-            "mouse": attrs["mouse"],
-            "side": "both",
-            "week": attrs["week"],
-            "provenance": provenance,
-        }
-        group = create_image_group(root, path, layout, attrs=scan_attrs, overwrite=True)
-        group["slice_index"][:] = np.arange(layout.shape[0])
-        if keep_float:
-            float_layout = ImageLayout(**{**layout.__dict__, "dtype": "float32"})
-            group.create_array(
-                "attenuation",
-                shape=layout.shape,
-                dtype="float32",
-                chunks=layout.chunks,
-                shards=layout.shards,
-                compressors=float_layout.compressors(),
-                dimension_names=layout.dims,
-                fill_value=0.0,
-            )
-        writes = volume.data.map_blocks(
-            _write_slab,
-            out,
-            storage_options,
-            path,
-            lo,
-            hi,
-            keep_float,
-            dtype=np.uint8,
-            chunks=tuple((1,) * len(c) for c in volume.data.chunks),
-            meta=np.empty((0, 0, 0), np.uint8),
-        )
-        if client is None:
-            with dask.config.set(scheduler="threads"):
-                da.compute(writes.sum())
-        else:
-            client.compute(writes.sum()).result()
-        set_status(group, "complete")
-        report.written.append(path)
-        if progress:
-            progress(done, len(selected))
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _grid_like_source(tree, attrs, geometry) -> VolumeGrid | None:
-    """The grid of the same scan's converted Recon-CT (its shape, centred on the axis), if any.
-
-    NRecon reconstructs a region of interest (BoneMet: 2588 x 2428 of a 4032-wide detector);
-    matching it makes the two comparable voxel for voxel.
-    """
-    path = scan_group_path("recon_ct", attrs["mouse"], "both", attrs["week"])
-    try:
-        shape = tree[path].dataset["image"].shape
-    except KeyError:
-        return None
-    return VolumeGrid(shape, geometry.voxel_size)
-
-
-def _window_from_store(tree, attrs) -> tuple[float, float] | None:
-    """The NRecon CS-to-image window of the same scan's converted Recon-CT, when there is one."""
-    path = scan_group_path("recon_ct", attrs["mouse"], "both", attrs["week"])
-    try:
-        log = tree[path].dataset.attrs["source"]["log"]
-        section = {k.lower(): v for k, v in log.items()}.get("reconstruction", {})
-        lo = float(section["Minimum for CS to Image Conversion"])
-        hi = float(section["Maximum for CS to Image Conversion"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return lo, hi
-
-
-def _percentile_window(volume) -> tuple[float, float]:
-    sample = np.asarray(volume.data[:: max(1, volume.shape[0] // 8)])
-    lo, hi = np.percentile(sample, (0.1, 99.9))
-    return float(lo), float(hi)
+    stage = Reconstruct(filter=filter, window=window, keep_float=keep_float, backend=backend,
+                        slices_per_shard=slices_per_shard)  # fmt: skip
+    selection = Selection.of(mice=mice, weeks=weeks)
+    return run_stage(stage, store, out, selection=selection, **run_options)

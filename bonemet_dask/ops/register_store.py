@@ -1,249 +1,188 @@
-"""Register the Seg-CT tibiae of a store and write ``regist_ct`` groups, one shard per task.
+"""The ``register`` stage: each selected Seg-CT tibia onto the vertical reference (``regist_ct``).
 
-Week 0 of every selected tibia first (sample registration to the vertical reference), then its
-later weeks against the registered week 0 read back from the output store (time registration).
-The searches of one phase run in parallel, one task each; each registered volume is resampled
-with output chunks equal to the store's shards, and the task that computes a shard writes it and
-its slice digests (one writer per shard, as ``convert`` and ``reconstruct_store`` do).
+A unit is one tibia (mouse, side) with all its weeks.  Its baseline (the earliest Seg-CT week)
+is registered to the vertical reference ("sample registration"); each later week to the
+registered baseline read back from ``OUT`` ("time registration"), so a unit's outputs are
+written one after the other.  The search runs on small downsampled volumes in one task; the
+full-resolution resampling is output-driven, one shard per task.  The transform, metric and
+quality flag go into each group's attributes; an unfinished group is resumed with the transform
+it recorded, without searching again.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-import dask
-import dask.array as da
-import numpy as np
-import zarr
-
-from bonemet_dask import __version__
-from bonemet_dask.io.store import (
-    ImageLayout,
-    create_image_group,
-    get_bonemet_attrs,
-    open_zarr_store,
-    scan_group_path,
-    set_status,
-    write_shard,
-)
-from bonemet_dask.io.xr import open_store
-from bonemet_dask.kernels.slab import slab_digests
-from bonemet_dask.ops.register import finish, plan_registration
+from bonemet_dask.io.scans import ScanRef
+from bonemet_dask.io.store import ImageLayout
+from bonemet_dask.ops.engine import UnitContext, run_stage
+from bonemet_dask.ops.register import LEVELS_UM, finish, plan_registration
 from bonemet_dask.ops.resample import resample
+from bonemet_dask.ops.stage import Outcome, Output, Product, Stage, StageFailure, StageReport
+from bonemet_dask.selection import Selection
+from bonemet_dask.transform import RigidTransform
 
-__all__ = ["RegisterReport", "register_store"]
+__all__ = ["Register", "register_store"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RegisterReport:
-    """What :func:`register_store` wrote, skipped and flagged."""
+class Register(Stage):
+    """Rigid registration: the baseline week to the vertical reference, later weeks to it."""
 
-    written: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    poor: list[tuple[str, float]] = field(default_factory=list)
-    """Scans whose quality flag failed: (group path, final NCC)."""
-    metrics: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
+    name = "register"
+    reads = "seg_ct"
+    writes = "regist_ct"
+    per_tibia = True
+    chained = True
+    produced_by = (
+        "segment the reconstructions (bonemet-dask segment STORE) or convert the published "
+        "Seg-CT (bonemet-dask convert SRC STORE --components seg_ct)"
+    )
 
+    def __init__(
+        self,
+        *,
+        threshold: float = 75.0,
+        roll_starts: str | Sequence[float] = "full",
+        levels_um: Sequence[float] = LEVELS_UM,
+        keep_starts: int = 3,
+        min_metric: float | None = None,
+        max_evals: int = 600,
+        reference: Any = None,
+        slices_per_shard: int | None = None,
+    ) -> None:
+        if isinstance(roll_starts, str) and roll_starts not in ("full", "bonemet"):
+            raise ValueError(
+                f"roll_starts={roll_starts!r} is not one of 'full', 'bonemet' or a list of radians"
+            )
+        super().__init__(
+            threshold=float(threshold),
+            roll_starts=roll_starts if isinstance(roll_starts, str) else list(roll_starts),
+            levels_um=[float(v) for v in levels_um],
+            keep_starts=int(keep_starts),
+            min_metric=min_metric,
+            max_evals=int(max_evals),
+            reference=None if reference is None else "user-supplied",
+            slices_per_shard=slices_per_shard,
+        )
+        self.reference = reference
 
-def _write_slab(block, store, storage_options, path, block_info=None):
-    """Task: write one resampled slab (exactly one shard) and its slice digests."""
-    start = block_info[0]["array-location"][0][0]
-    group = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r+")
-    scan = group[path]
-    write_shard(scan["0"], start // scan["0"].shards[0], block)
-    scan["slice_hash"][start : start + block.shape[0]] = slab_digests(block)
-    return np.ones((1, 1, 1), np.uint8)
+    def outputs(self, scans: list[ScanRef]) -> list[Output]:
+        """Every week of one tibia, baseline (earliest week) first."""
+        ordered = sorted(scans, key=lambda s: s.week)
+        baseline = ordered[0]
+        return [
+            self.output_for(scan, side=scan.side, input=scan)
+            if scan is baseline
+            else self.output_for(scan, side=scan.side, input=scan, baseline=baseline)
+            for scan in ordered
+        ]
 
+    def build(self, output: Output, context: UnitContext) -> Product:
+        """Search (or reuse the recorded transform), then the lazy resampled volume."""
+        moving = context.open(output.inputs["input"])["image"]
+        baseline = output.inputs.get("baseline")
+        fixed_path = None
+        recorded = (output.resume or {}).get("registration")
+        if recorded:
+            transform = RigidTransform.from_dict(recorded["transform"])
+            shape, spacing = tuple(recorded["output_shape"]), tuple(recorded["output_spacing_um"])
+            record = recorded
+        else:
+            fixed = None
+            if baseline is not None:
+                fixed_path = f"{self.writes}/{baseline.segment}/{baseline.side}/week{baseline.week}"
+                fixed = context.written(fixed_path)
+                if fixed is None:
+                    raise StageFailure(
+                        f"no registered baseline {fixed_path} in OUT: register week "
+                        f"{baseline.week} first (it failed, or was not selected)"
+                    )
+                spacing_um = fixed.attrs["bonemet"].get("registration", {})
+                if spacing_um.get("output_spacing_um"):
+                    fixed = fixed.assign_attrs(voxel_size_um=spacing_um["output_spacing_um"])
+            options = {k: v for k, v in self.parameters.items()
+                       if k not in ("reference", "slices_per_shard")}  # fmt: skip
+            plan = plan_registration(moving, fixed, reference=self.reference, **options)
+            (search,) = context.compute(plan.search)
+            result = finish(plan, search)
+            transform, shape, spacing = result.transform, result.shape, result.spacing_um
+            record = {k: v for k, v in result.to_dict().items() if k != "seconds"}
+        layout = ImageLayout.default_for(
+            "ct",
+            shape,
+            "uint8",
+            voxel_size_um=list(spacing),
+            slices_per_shard=self.parameters["slices_per_shard"],
+        )
+        registered = resample(moving, transform, shape=shape, spacing=spacing,
+                              chunks=(layout.slices_per_shard, *layout.shape[1:]))  # fmt: skip
+        attrs: dict[str, Any] = {
+            "registration": record,
+            "provenance": {
+                "fixed": fixed_path or "reference tibia",
+                "transform": record["transform"],
+                "metric": record["metric"],
+            },
+        }
+        if not record.get("passed", True):
+            attrs["flag"] = (
+                f"poor registration: NCC {record['metric']['value']:.3f} < "
+                f"{record['min_metric']:.2f}"
+            )
+        return Product(layout, {"0": registered.data}, attrs)
 
-def _compute(graphs: list, client: Any) -> list:
-    if not graphs:
-        return []
-    if client is None:
-        with dask.config.set(scheduler="threads"):
-            return list(dask.compute(*graphs))
-    return list(client.gather(client.compute(graphs)))
+    def note(self, outcome: Outcome) -> str:
+        """The flag, if any."""
+        return outcome.details.get("flag") or super().note(outcome)
 
 
 def register_store(
     store: Any,
     out: Any = None,
     *,
-    mice: Sequence[str] | None = None,
-    weeks: Sequence[int] | None = None,
-    sides: Sequence[str] | None = None,
+    mice: Any = None,
+    weeks: Any = None,
+    sides: Any = None,
+    slices_per_shard: int | None = None,
     overwrite: bool = False,
     storage_options: dict | None = None,
     client: Any = None,
-    progress: Callable[[int, int], None] | None = None,
+    concurrency: int | None = None,
+    compute: bool = True,
+    progress: Any = None,
     **options: Any,
-) -> RegisterReport:
+) -> StageReport:
     """Register every selected ``seg_ct`` tibia into ``regist_ct`` groups.
 
     Parameters
     ----------
-    store : str or zarr Store
-        Store holding ``seg_ct/{mouse}/{side}/week{k}`` groups.
-    out : str or zarr Store, optional
-        Where to write (default ``store``).
+    store, out : str, os.PathLike or zarr Store
+        Store holding ``seg_ct`` groups (read from ``out`` first); where to write (default
+        ``store``).
     mice, weeks, sides : optional
-        Selection.  A later week whose tibia's baseline (its earliest Seg-CT week) is not
-        selected is registered against the baseline's ``regist_ct`` group already in ``out``.
-    overwrite : bool
-        Replace existing ``regist_ct`` groups (converted from the published Regist-CT or written
-        by an earlier run); without it they are skipped and reported.
-    storage_options : dict, optional
-        fsspec options for the stores.
-    client : distributed.Client, optional
-        Cluster to compute on (default: the local threaded scheduler).
-    progress : callable, optional
-        ``progress(done, total)`` after each written scan.
+        Selection.  A later week whose baseline week is not selected is registered against the
+        baseline's ``regist_ct`` group already in ``out``.
+    slices_per_shard : int, optional
+        Slices per shard (= per writing task).
+    overwrite, storage_options, client, concurrency, compute, progress
+        See :func:`~bonemet_dask.ops.engine.run_stage`.  Without ``overwrite``, converted
+        (published) ``regist_ct`` groups are refused, not replaced.
     **options
         Passed to :func:`bonemet_dask.register` (``threshold``, ``levels_um``, ``reference``,
         ``roll_starts``, ``min_metric``...).
 
     Returns
     -------
-    RegisterReport
-        Written and skipped groups and the scans whose quality flag failed.  Each written group
-        holds the transform, metric and flag under ``bonemet.registration`` and in its provenance.
+    StageReport
+        Outputs whose quality flag failed are written and listed in ``flagged``.
     """
-    started = time.perf_counter()
-    out = store if out is None else out
-    tree = open_store(store, storage_options=storage_options)
-    root = zarr.open_group(open_zarr_store(out, storage_options=storage_options), mode="a")
-    report = RegisterReport()
-    mouse_set = None if mice is None else {str(m) for m in mice}
-    tibiae: dict[tuple[str, str], dict[int, Any]] = {}
-    if "seg_ct" in tree.children:
-        for node in tree["seg_ct"].subtree:
-            if "image" not in node.dataset:
-                continue
-            image = node.dataset["image"]
-            mouse, side = str(image["mouse"].item()), str(image["side"].item())
-            key = (node.path.split("/")[2], side)  # sanitised mouse segment, side
-            if mouse_set is not None and mouse not in mouse_set and key[0] not in mouse_set:
-                continue
-            if sides is not None and side not in sides:
-                continue
-            tibiae.setdefault(key, {})[int(image["week"])] = image
-    todo: list[tuple[tuple[str, str], int]] = []
-    for key, scans in sorted(tibiae.items()):
-        for week in sorted(scans):
-            if weeks is not None and week not in set(weeks):
-                continue
-            path = scan_group_path("regist_ct", key[0], key[1], week)
-            existing = root.get(path)
-            if existing is not None and not overwrite:
-                stage = get_bonemet_attrs(existing).get("provenance", {}).get("stage", "convert")
-                report.skipped.append((path, f"exists (written by {stage}); pass overwrite=True"))
-                continue
-            todo.append((key, week))
-    total = len(todo)
-    baselines = {key: min(scans) for key, scans in tibiae.items()}
-    first = [(key, week) for key, week in todo if week == baselines[key]]
-    later = [(key, week) for key, week in todo if week != baselines[key]]
-    for phase in (first, later):
-        plans = []
-        for key, week in phase:
-            fixed = None
-            if week != baselines[key]:
-                fixed = _registered_baseline(out, storage_options, key, baselines[key])
-                if fixed is None:
-                    path = scan_group_path("regist_ct", key[0], key[1], week)
-                    report.skipped.append(
-                        (path, f"no registered baseline week{baselines[key]}; register it first")
-                    )
-                    continue
-            plan = plan_registration(tibiae[key][week], fixed, **options)
-            plans.append((key, week, plan))
-        searches = _compute([plan.search for _, _, plan in plans], client)
-        for (key, week, plan), search in zip(plans, searches, strict=True):
-            result = finish(plan, search)
-            fixed_path = scan_group_path("regist_ct", key[0], key[1], baselines[key])
-            path = _write_registered(root, out, storage_options, key, week, tibiae[key][week],
-                                     result, options, client, fixed_path)  # fmt: skip
-            report.written.append(path)
-            report.metrics[path] = result.metric
-            if not result.passed:
-                report.poor.append((path, result.metric))
-                logger.warning(
-                    "%s: registration quality is poor (NCC %.3f < %.3f)",
-                    path, result.metric, result.min_metric,
-                )  # fmt: skip
-            if progress:
-                progress(len(report.written), total)
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _registered_baseline(out, storage_options, key, week):
-    path = scan_group_path("regist_ct", key[0], key[1], week)
-    tree = open_store(out, storage_options=storage_options)
-    try:
-        node = tree[path]
-    except KeyError:
-        return None
-    if node.dataset.attrs.get("status") != "complete":
-        return None
-    image = node.dataset["image"]
-    spacing = node.dataset.attrs.get("registration", {}).get("output_spacing_um")
-    return image.assign_attrs(voxel_size_um=spacing) if spacing else image
-
-
-def _write_registered(
-    root, out, storage_options, key, week, moving, result, options, client, fixed_path
-):
-    path = scan_group_path("regist_ct", key[0], key[1], week)
-    layout = ImageLayout.default_for(
-        "ct", result.shape, "uint8", voxel_size_um=list(result.spacing_um)
-    )
-    record = result.to_dict()
-    parameters = {k: v for k, v in options.items() if k != "reference"}
-    if "reference" in options:
-        parameters["reference"] = "user-supplied"
-    source = scan_group_path("seg_ct", key[0], key[1], week)
-    attrs = {
-        "component": "regist_ct",
-        "mouse": str(moving["mouse"].item()),
-        "side": key[1],
-        "week": week,
-        "registration": record,
-        "provenance": {
-            "package": "bonemet-dask",
-            "version": __version__,
-            "stage": "register",
-            "input": source,
-            "fixed": fixed_path if result.kind == "time" else "reference tibia",
-            "parameters": parameters,
-            "transform": record["transform"],
-            "metric": record["metric"],
-        },
-    }
-    group = create_image_group(root, path, layout, attrs=attrs, overwrite=True)
-    group["slice_index"][:] = np.arange(layout.shape[0])
-    registered = resample(
-        moving,
-        result.transform,
-        shape=result.shape,
-        spacing=result.spacing_um,
-        chunks=(layout.slices_per_shard, *layout.shape[1:]),
-    )
-    writes = registered.data.map_blocks(
-        _write_slab,
-        out,
-        storage_options,
-        path,
-        dtype=np.uint8,
-        chunks=tuple((1,) * len(c) for c in registered.data.chunks),
-        meta=np.empty((0, 0, 0), np.uint8),
-    )
-    _compute([da.sum(writes)], client)
-    set_status(group, "complete")
-    return path
+    stage = Register(slices_per_shard=slices_per_shard, **options)
+    return run_stage(
+        stage, store, out, selection=Selection.of(mice=mice, weeks=weeks, sides=sides),
+        overwrite=overwrite, storage_options=storage_options, client=client,
+        concurrency=concurrency, compute=compute, progress=progress,
+    )  # fmt: skip

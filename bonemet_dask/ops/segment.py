@@ -6,50 +6,29 @@ task), the knee joint is located on a full-resolution slab around the widest cro
 the crop is then cut and thresholded at full resolution chunk by chunk.  Pixel work lives in
 :mod:`bonemet_dask.kernels.segment`; this module wires graphs and writes the store.
 
-:func:`segment_store` writes ``seg_ct/{mouse}/{left,right}/week{k}`` image groups: the greyscale
-crop as the image array ``0`` (as the published Seg-CT), the bone mask as array ``mask`` (uint8,
-1 = bone of this tibia, same shape, chunks and shards as ``0``), and the crop box, threshold and
-provenance in the group's ``bonemet`` attributes.  One task computes and writes one shard of
-both arrays and then its ``slice_hash`` chunk, so a rerun resumes where a killed run stopped.
+The store stage that writes ``seg_ct`` groups is :mod:`bonemet_dask.ops.segment_store`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-import zarr
+from dask.base import tokenize
 
 from bonemet_dask import __version__
 from bonemet_dask._backend import meta_like, to_host
 from bonemet_dask.io.store import (
-    STORE_LAYOUT_VERSION,
     ImageLayout,
-    StoreLayoutError,
-    completed_shards,
-    create_image_group,
-    get_bonemet_attrs,
-    open_zarr_store,
-    read_ome_scale,
-    scan_group_path,
-    set_status,
-    write_shard,
 )
-from bonemet_dask.io.xr import open_store
 from bonemet_dask.kernels import segment as kernels
-from bonemet_dask.kernels.slab import slab_digests
 
-__all__ = ["SegmentationError", "SegmentationReport", "segment_store", "segment_tibiae"]
+__all__ = ["SIDES_BY_X", "SegmentationError", "segment_tibiae"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +40,6 @@ MIN_LEG_FRACTION = 0.1
 
 class SegmentationError(ValueError):
     """A scan cannot be segmented (no bone, one leg only, no tibia below the knee)."""
-
-
-@dataclass
-class SegmentationReport:
-    """What :func:`segment_store` wrote, skipped and could not segment."""
-
-    written: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +216,7 @@ def _binned_counts(data: da.Array, level: int, factor: int) -> np.ndarray:
         chunks=tuple(tuple(math.ceil(n / factor) for n in c) for c in aligned.chunks),
         dtype=kernels.counts_dtype(factor),
         meta=meta_like(aligned, kernels.counts_dtype(factor)),
+        name="segment-bin-" + tokenize(aligned.name, level, factor),
     )
     return to_host(counts.compute())
 
@@ -284,6 +254,7 @@ def _area_profile(slab: da.Array, level: int) -> da.Array:
         chunks=(slab.chunks[0], (1,) * len(slab.chunks[1]), (1,) * len(slab.chunks[2])),
         dtype=np.int64,
         meta=meta_like(slab, np.int64),
+        name="segment-profile-" + tokenize(slab.name, level),
     )
     return parts.sum(axis=(1, 2))
 
@@ -312,6 +283,7 @@ def _crop(volume, data, region, origin, box_lo, box_hi, side, factor, *, scan, *
         offset,
         dtype=bool,
         meta=meta_like(grey, bool),
+        name="segment-threshold-" + tokenize(grey.name, region, parameters["threshold"], offset),
     )
     crop = volume.isel(slice=window[0], y=window[1], x=window[2]).copy(data=grey)
     provenance = {
@@ -333,196 +305,3 @@ def _crop(volume, data, region, origin, box_lo, box_hi, side, factor, *, scan, *
     crop = crop.assign_coords(mask=(crop.dims, mask), side=side).rename("image")
     crop.attrs = {"bonemet": bonemet}
     return crop
-
-
-# --------------------------------------------------------------------------------------------
-# The store
-# --------------------------------------------------------------------------------------------
-
-
-def _write_seg_shard(grey, mask, store, storage_options, path, shard):
-    """Task: write one shard of the crop (``0``), of its mask, then the shard's digests."""
-    group = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r+")
-    scan = group[path]
-    grey, mask = to_host(grey), to_host(mask).astype(np.uint8)
-    write_shard(scan["0"], shard, grey)
-    write_shard(scan["mask"], shard, mask)
-    start = shard * scan["0"].shards[0]
-    scan["slice_hash"][start : start + grey.shape[0]] = slab_digests(grey)  # last: shard done
-    return shard
-
-
-def segment_store(
-    store: Any,
-    out: Any = None,
-    *,
-    mice: Sequence[str] | None = None,
-    weeks: Sequence[int] | None = None,
-    threshold: int = 75,
-    margin_um: float = 300.0,
-    binning: int = 4,
-    overwrite: bool = False,
-    storage_options: dict | None = None,
-    client: Any = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> SegmentationReport:
-    """Segment every selected ``recon_ct/{mouse}/both/week{k}`` scan into ``seg_ct`` groups.
-
-    Parameters
-    ----------
-    store : str or zarr Store
-        Store holding hindlimb reconstructions (converted or from ``reconstruct_store``).
-    out : str or zarr Store, optional
-        Where to write ``seg_ct/{mouse}/{left,right}/week{k}`` (default ``store``).
-    mice, weeks : optional
-        Selection (animal ids as in the store's ``mouse`` attribute, week numbers).
-    threshold, margin_um, binning : optional
-        As in :func:`segment_tibiae`.
-    overwrite : bool
-        Replace existing ``seg_ct`` groups: the published Seg-CT converted from the source, or
-        a segmentation made with other parameters.  Without it they are skipped and reported.
-    storage_options : dict, optional
-        fsspec options for the stores.
-    client : distributed.Client, optional
-        Cluster to compute on (default: the local threaded scheduler).
-    progress : callable, optional
-        ``progress(done, total)`` after each scan.
-
-    Returns
-    -------
-    SegmentationReport
-        Group paths written; ``(path, reason)`` skipped (exists; the reason names
-        ``overwrite=True``); ``(scan, reason)`` that could not be segmented (the run goes on).
-
-    Notes
-    -----
-    Each group holds the greyscale crop as image ``0`` (``slice_index`` counts the crop's
-    slices from 0, as the published Seg-CT does), the mask as the uint8 array ``mask`` (1 =
-    bone of this tibia and fibula; same layout as ``0``), and in its ``bonemet`` attributes
-    ``crop_box`` (``lo``/``hi`` voxel indices in the reconstruction), ``threshold``,
-    ``knee_slice``, a ``fingerprint`` and ``provenance``.  One task writes one shard of both
-    arrays and then its ``slice_hash`` chunk; a rerun writes only the shards still missing.
-    """
-    started = time.perf_counter()
-    out = store if out is None else out
-    tree = open_store(store, storage_options=storage_options)
-    source_root = zarr.open_group(open_zarr_store(store, mode="r", storage_options=storage_options),
-                                  mode="r")  # fmt: skip
-    root = zarr.open_group(open_zarr_store(out, storage_options=storage_options), mode="a")
-    parameters = {"threshold": threshold, "margin_um": margin_um, "binning": binning}
-    wanted_mice = None if mice is None else {str(m) for m in mice}
-    selected = [
-        node
-        for node in tree.subtree
-        if "image" in node.dataset and node.path.startswith("/recon_ct/")
-        and node.path.split("/")[3] == "both"
-        and (wanted_mice is None or str(node.dataset.attrs.get("mouse")) in wanted_mice)
-        and (weeks is None or int(node.dataset["image"]["week"]) in set(weeks))
-    ]  # fmt: skip
-    report = SegmentationReport()
-    for done, node in enumerate(selected, start=1):
-        image = node.dataset["image"]
-        mouse, week = str(image["mouse"].item()), int(image["week"])
-        paths = {side: scan_group_path("seg_ct", mouse, side, week) for side in SIDES_BY_X}
-        todo = {}
-        for side, path in paths.items():
-            reason = None if overwrite else _reason_to_skip(root.get(path), parameters)
-            if reason is None:
-                todo[side] = path
-            else:
-                report.skipped.append((path, reason))
-        if todo:
-            _segment_scan(source_root, root, node, todo, parameters, out, storage_options,
-                          client, overwrite, report)  # fmt: skip
-        if progress:
-            progress(done, len(selected))
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _reason_to_skip(existing: Any, parameters: dict) -> str | None:
-    """Why an existing ``seg_ct`` group is kept (None: segment into it / resume it)."""
-    if existing is None:
-        return None
-    attrs = get_bonemet_attrs(existing)
-    provenance = attrs.get("provenance") or {}
-    if provenance.get("stage") != "segment":
-        stage = provenance.get("stage", "convert")
-        return (
-            f"exists (written by {stage}, e.g. the published Seg-CT); pass overwrite=True "
-            "(CLI: --overwrite) to replace it"
-        )
-    used = provenance.get("parameters") or {}
-    if {key: used.get(key) for key in parameters} != parameters:
-        return (
-            f"exists, segmented with {used}; pass overwrite=True (CLI: --overwrite) to segment "
-            "it again with these parameters"
-        )
-    if attrs.get("status") == "complete":
-        return "already segmented with these parameters"
-    return None
-
-
-def _segment_scan(source_root, root, node, todo, parameters, out, storage_options, client,
-                  overwrite, report) -> None:  # fmt: skip
-    """Segment one hindlimb scan and write the sides in ``todo`` (side -> group path)."""
-    path = node.path.lstrip("/")
-    image = node.dataset["image"]
-    scale = read_ome_scale(source_root[path]) or (1.0, 1.0, 1.0)
-    try:
-        crops = segment_tibiae(image, voxel_size_um=scale[2], **parameters)
-    except SegmentationError as err:
-        logger.warning("%s", err)
-        report.failed.append((path, str(err)))
-        return
-    source_print = get_bonemet_attrs(source_root[path]).get("fingerprint")
-    writes = []
-    for side, group_path in todo.items():
-        crop = crops[side]
-        layout = ImageLayout.default_for("ct", crop.shape, "uint8", voxel_size_um=scale)
-        bonemet = dict(crop.attrs["bonemet"])
-        bonemet["provenance"] = bonemet["provenance"] | {"input": path}
-        identity = {"input": path, "input_fingerprint": source_print, "box": bonemet["crop_box"],
-                    "parameters": parameters, "layout": layout.to_dict(),
-                    "store_layout": STORE_LAYOUT_VERSION}  # fmt: skip
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        attrs = {"component": "seg_ct", "mouse": str(image["mouse"].item()), "side": side,
-                 "week": int(image["week"]), "fingerprint": digest, **bonemet}  # fmt: skip
-        existing = root.get(group_path)
-        replace = overwrite and existing is not None
-        try:
-            group = create_image_group(root, group_path, layout, attrs=attrs, overwrite=replace)
-        except StoreLayoutError as err:
-            report.skipped.append((group_path, f"{err} (CLI: --overwrite)"))
-            continue
-        if "mask" not in group:
-            group.create_array(
-                "mask",
-                shape=layout.shape,
-                dtype="uint8",
-                chunks=layout.chunks,
-                shards=layout.shards,
-                compressors=layout.compressors(),
-                dimension_names=layout.dims,
-                fill_value=0,
-                attributes={"bonemet": {"kind": "mask", "values": {"0": "other", "1": "bone"}}},
-            )
-        group["slice_index"][:] = np.arange(layout.shape[0])
-        done = completed_shards(group)
-        shard_chunks = (layout.slices_per_shard, -1, -1)
-        grey = crop.data.rechunk(shard_chunks).to_delayed().ravel()
-        mask = crop["mask"].data.rechunk(shard_chunks).to_delayed().ravel()
-        missing = [i for i in range(layout.n_shards) if i not in done]
-        logger.info("%s: %d of %d shards to write", group_path, len(missing), layout.n_shards)
-        writes.append((group, group_path, [
-            dask.delayed(_write_seg_shard)(grey[i], mask[i], out, storage_options, group_path, i)
-            for i in missing
-        ]))  # fmt: skip
-    tasks = [task for _, _, shard_tasks in writes for task in shard_tasks]
-    if client is None:
-        dask.compute(*tasks, scheduler="threads")
-    else:
-        client.gather(client.compute(tasks))
-    for group, group_path, _ in writes:
-        set_status(group, "complete")
-        report.written.append(group_path)

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from bonemet_dask.cluster import active_client
 from bonemet_dask.io.catalog import Catalog
+from bonemet_dask.io.scans import open_root
 from bonemet_dask.io.store import (
     ImageLayout,
     get_bonemet_attrs,
@@ -109,13 +111,11 @@ def verify(
     -------
     VerifyReport
     """
-    import zarr
-
     started = time.perf_counter()
-    catalog = selected_catalog(
+    _, catalog = selected_catalog(
         source, source_storage_options, components=components, mice=mice, weeks=weeks, sides=sides
     )
-    root = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r")
+    root = open_root(store, mode="r", storage_options=storage_options)
     report = VerifyReport(store=str(store))
     tasks: list[ShardTask] = []
     for stack in catalog.stacks:
@@ -128,6 +128,7 @@ def verify(
             continue
         layout = ImageLayout.from_dict(get_bonemet_attrs(group)["provenance"]["layout"])
         tasks.extend(shard_tasks(stack, layout, path))
+    client = client or active_client()
     if client is not None:
         futures = [
             client.submit(verify_shard, t, store, catalog.fs, storage_options, pure=False)

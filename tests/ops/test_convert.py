@@ -64,7 +64,7 @@ def test_round_trip_equals_source_pngs(source, tmp_path):
     report = convert(source, str(store))
     catalog = scan_source(source)
     assert report.exit_code == 0 and not report.quarantined
-    assert len(report.converted) == len(catalog)
+    assert len(report.written) == len(catalog)
     root = zarr.open_group(str(store), mode="r")
     for stack in catalog:
         group = root[scan_group_path(stack.component, stack.mouse, stack.side, stack.week)]
@@ -124,7 +124,7 @@ def test_rerun_writes_nothing_and_changes_nothing(source, tmp_path):
     convert(source, str(store))
     before = store_digest(store)
     report = convert(source, str(store))
-    assert report.shards_written == 0 and report.converted == []
+    assert report.shards_written == 0 and report.written == []
     assert len(report.skipped) == len(scan_source(source))
     assert store_digest(store) == before
 
@@ -135,7 +135,7 @@ def test_other_settings_are_refused_unless_overwrite(source, tmp_path):
     with pytest.raises(ConversionError, match="overwrite=True"):
         convert(source, str(store), components="regist_ct", level=5)
     report = convert(source, str(store), components="regist_ct", level=5, overwrite=True)
-    assert len(report.converted) == 2 * CONFIG.weeks
+    assert len(report.written) == 2 * CONFIG.weeks
     group = zarr.open_group(str(store), mode="r")[scan_group_path("regist_ct", "851", "left", 1)]
     assert get_bonemet_attrs(group)["provenance"]["layout"]["level"] == 5
     assert verify(source, str(store), components="regist_ct").ok
@@ -151,7 +151,7 @@ def test_changed_source_files_are_refused_unless_overwrite(own_source, tmp_path)
     with pytest.raises(ConversionError, match="overwrite=True"):
         convert(own_source, str(store), components="recon_ct")
     report = convert(own_source, str(store), components="recon_ct", overwrite=True)
-    assert report.converted == [scan_group_path("recon_ct", "851", "both", 1)]
+    assert report.written == [scan_group_path("recon_ct", "851", "both", 1)]
     assert verify(own_source, str(store), components="recon_ct").ok
 
 
@@ -297,7 +297,7 @@ def test_inconsistent_stacks_are_quarantined_with_the_reason(own_source, tmp_pat
     assert report.exit_code == 3
     assert list(report.quarantined) == [str(folder)]
     assert any(kind[damage] in reason for _, reason in report.quarantined[str(folder)])
-    assert len(report.converted) == 2 * CONFIG.weeks - 1
+    assert len(report.written) == 2 * CONFIG.weeks - 1
 
 
 def test_memory_store_round_trip(source):
@@ -327,6 +327,6 @@ def test_convert_on_a_dask_cluster_equals_local_threads(source, tmp_path):
         assert report.exit_code == 0
         assert verify(source, str(on_cluster), client=client, components="seg_ct").ok
     a, b = zarr.open_group(str(threads), mode="r"), zarr.open_group(str(on_cluster), mode="r")
-    for path in report.converted:
+    for path in report.written:
         np.testing.assert_array_equal(a[path]["0"][:], b[path]["0"][:])
         np.testing.assert_array_equal(a[path]["slice_hash"][:], b[path]["slice_hash"][:])

@@ -21,14 +21,14 @@ def test_s3_source_to_s3_store_round_trip(s3_endpoint, tmp_path):
     fs.put(f"{local}/", "bonemet/src/", recursive=True)
 
     report = convert("s3://bonemet/src", "s3://bonemet/store.zarr")
-    assert report.exit_code == 0 and len(report.converted) == 1 + 2
+    assert report.exit_code == 0 and len(report.written) == 1 + 2
     assert verify("s3://bonemet/src", "s3://bonemet/store.zarr").ok
 
     reference = tmp_path / "reference.zarr"
     convert(local, str(reference))
     remote = zarr.open_group(open_zarr_store("s3://bonemet/store.zarr"), mode="r")
     near = zarr.open_group(str(reference), mode="r")
-    for path in report.converted:
+    for path in report.written:
         np.testing.assert_array_equal(remote[path]["0"][:], near[path]["0"][:])
     tree = open_store("s3://bonemet/store.zarr")
     image = tree["recon_ct/851/both/week0"].dataset["image"]

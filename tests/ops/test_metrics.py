@@ -80,8 +80,9 @@ def test_composite_store_refuses_converted_roi_then_writes(converted, tmp_path):
     n = _truth(truth, "851", "left", 0)["n_slices"]
     report = bm.composite_store(store, count=n, overwrite=True, metrics_csv=str(csv))
     assert len(report.written) == 12
-    for key, junction in report.junctions.items():
-        mouse, side = key.split("/")
+    for outcome in report.outcomes:
+        _, mouse, side, _ = outcome.path.split("/")
+        junction = outcome.details["junction"]
         assert abs(junction["slice"] - _truth(truth, mouse, side, 0)["junction_regist_slice"]) <= 5
     root = zarr.open_group(store, mode="r")
     group = root["roi_ct/851/right/week2"]
@@ -95,7 +96,7 @@ def test_composite_store_refuses_converted_roi_then_writes(converted, tmp_path):
     week0 = np.asarray(root["roi_ct/851/right/week0/0"][:])
     assert set(np.unique(week0)) <= {0, 180}  # week 0 against itself: kept or nothing
     # metrics of our composites against the phantom's truth
-    for row in report.metrics.itertuples():
+    for row in report.table.itertuples():
         t = _truth(truth, row.mouse, row.side, row.week)
         assert row.bone_volume_mm3 == pytest.approx(t["kept_mm3"] + t["formed_mm3"], rel=0.1)
     # the CSV is joined with MiceMediRec by mouse and week
@@ -159,7 +160,7 @@ def test_cli_composite_and_preview(converted, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "junction at slice" in result.output and (tmp_path / "m.csv").exists()
+    assert "junction" in result.output and (tmp_path / "m.csv").exists()
     png = tmp_path / "fig.png"
     args = ["preview", store, "--mouse", "852", "--week", "2", "--side", "left", "-o", str(png)]
     result = runner.invoke(app, [*args, "--width", "9", "--height", "3", "--dpi", "80"])

@@ -1,12 +1,14 @@
-"""The FDK graph: slab/angle chunking changes nothing, the graph is sliced, the store round trip."""
+"""The FDK graph: chunking changes nothing, the graph is sliced and named, the store round trip."""
 
 import dask
 import numpy as np
 import pytest
 import xarray as xr
+from dask.core import flatten
+from dask.utils import key_split
 
 from bonemet_dask.geometry import ConeGeometry, VolumeGrid
-from bonemet_dask.ops.reconstruct import reconstruct, to_uint8
+from bonemet_dask.ops.reconstruct import TASK_NAMES, reconstruct, to_uint8
 from bonemet_dask.synth import line_integrals, voxelize
 from bonemet_dask.synth.primitives import Phantom, Term, ellipsoid
 
@@ -54,6 +56,16 @@ def test_intensities_are_normalised_with_the_air_level(phantom_projections):
     np.testing.assert_allclose(from_counts.values, run(projections).values, atol=2e-4)
 
 
+def ancestors(graph: dict, key, seen: set | None = None) -> set:
+    """Every key ``key`` depends on, directly or not."""
+    seen = set() if seen is None else seen
+    for dep in dask.core.get_dependencies(graph, key) if key in graph else ():
+        if dep not in seen:
+            seen.add(dep)
+            ancestors(graph, dep, seen)
+    return seen
+
+
 def test_each_slab_reads_only_its_row_window():
     tall = ConeGeometry(84.0, 294.0, 0.35, 256, 64, np.arange(260) * 0.8)
     projections = xr.DataArray(
@@ -64,21 +76,82 @@ def test_each_slab_reads_only_its_row_window():
     grid = VolumeGrid((256, 16, 16), tall.voxel_size)
     volume = reconstruct(projections, tall, grid=grid, slab_slices=32, row_band=32)
     graph = dict(volume.data.__dask_graph__())
-    filter_keys = {k for k in graph if isinstance(k, tuple) and "_filter_block" in str(k[0])}
+    filter_keys = {k for k in graph if key_split(k) == "fdk-filter"}
     assert filter_keys, "the filtering layer is missing"
     n_bands = 256 // 32
     first_slab = volume.data.__dask_keys__()[0][0][0]
-
-    def ancestors(key, seen):
-        task = graph.get(key)
-        for dep in dask.core.get_dependencies(graph, key) if task is not None else ():
-            if dep not in seen:
-                seen.add(dep)
-                ancestors(dep, seen)
-        return seen
-
-    bands = {k[2] for k in ancestors(first_slab, set()) if k in filter_keys}
+    upstream = ancestors(graph, first_slab)
+    bands = {k[2] for k in upstream if k in filter_keys}
     assert 0 < len(bands) < n_bands
+    # and it reads only the input chunks of those bands: no task merges the whole input
+    read = {k[2] for k in upstream if k[0] == projections.data.name}
+    assert read == bands
+
+
+def store_like(projections: xr.DataArray, chunks: tuple[int, ...]) -> xr.DataArray:
+    return projections.copy(data=dask.array.from_array(projections.values, chunks=chunks))
+
+
+@pytest.mark.parametrize("kind", ["line_integral", "intensity"])
+def test_store_chunked_input_gives_only_named_stage_tasks(phantom_projections, kind):
+    """Projections chunked like the store's (8 angles x a row band x full width): no rechunk, no
+    getitem, no alias; every task reconstruct adds is one of TASK_NAMES and the output chunks are
+    exactly the slabs."""
+    _, projections = phantom_projections
+    if kind == "intensity":
+        counts = (40000 * np.exp(-projections.values)).astype(np.uint16)
+        projections = xr.DataArray(counts, dims=projections.dims)
+    projections = store_like(projections, (8, 32, GEOMETRY.n_cols))
+    volume = reconstruct(projections, GEOMETRY, grid=GRID, slab_slices=13).data
+    graph = dict(volume.__dask_graph__())
+    own = set(graph) - set(projections.data.__dask_graph__())
+    names = {key_split(k) for k in own}
+    assert names <= set(TASK_NAMES) - {"fbp-parallel"}, names
+    assert {"fdk-filter", "fdk-backproject", "fdk-sum", "fdk-slab"} <= names
+    assert not {key_split(k) for k in graph} & {"rechunk-split", "rechunk-merge", "getitem"}
+    assert volume.chunks == ((13, 13, 13, 1), (60,), (60,))
+    assert {key_split(k) for k in flatten(volume.__dask_keys__())} == {"fdk-slab"}
+    # filter blocks cut the input's chunks, never merge pieces of them: 24 angles x 32 rows here
+    filters = [k for k in own if key_split(k) == "fdk-filter"]
+    assert len(filters) == -(-260 // 24) * 2
+
+
+def test_parallel_tasks_are_named(phantom_projections):
+    from bonemet_dask.geometry import ParallelGeometry
+
+    _, projections = phantom_projections
+    geometry = ParallelGeometry(0.1, 64, 96, GEOMETRY.angles_deg)
+    projections = store_like(projections, (8, 16, GEOMETRY.n_cols))
+    volume = reconstruct(projections, geometry, row_band=8).data
+    own = set(volume.__dask_graph__()) - set(projections.data.__dask_graph__())
+    assert {key_split(k) for k in own} == {"fbp-parallel"}
+    assert volume.chunks == ((8,) * 8, (96,), (96,))
+
+
+@pytest.mark.parametrize("chunks", [(7, 13, 96), (260, 5, 96), (26, 64, 50), (33, 17, 40)])
+def test_uneven_input_chunks_change_nothing(phantom_projections, chunks):
+    """Odd input chunkings (rows or columns split, blocks cutting and grouping chunks) give the
+    single-chunk result, for intensities too (the air level is sampled from the input)."""
+    _, projections = phantom_projections
+    counts = xr.DataArray(
+        (40000 * np.exp(-projections.values)).astype(np.float32), dims=projections.dims
+    )
+    whole = run(counts, slab_slices=13)
+    chunked = run(store_like(counts, chunks), slab_slices=13)
+    np.testing.assert_allclose(chunked.values, whole.values, atol=2e-5 * float(whole.max()))
+
+
+def test_keys_are_unique_per_input_and_deterministic(phantom_projections):
+    _, projections = phantom_projections
+    first = reconstruct(projections, GEOMETRY, grid=GRID).data
+    again = reconstruct(projections.copy(deep=True), GEOMETRY, grid=GRID).data
+    other = reconstruct(projections.copy(data=projections.values * 1.01), GEOMETRY, grid=GRID).data
+    coarser = reconstruct(projections, GEOMETRY, grid=GRID, slab_slices=20).data
+    keys = [set(v.__dask_graph__()) for v in (first, again, other, coarser)]
+    assert keys[0] == keys[1]
+    assert not keys[0] & keys[2]
+    # another slab size shares only the input and its filtered blocks
+    assert {key_split(k) for k in keys[0] & keys[3]} == {"array", "fdk-filter"}
 
 
 def test_to_uint8_windows_linearly():
@@ -112,7 +185,8 @@ def test_store_reconstruction_matches_the_synthetic_recon_ct(tmp_path):
     store = str(tmp_path / "store.zarr")
     convert(tmp_path / "src", store)
     skipped = CliRunner().invoke(app, ["reconstruct", store])
-    assert skipped.exit_code == 0 and "skipped" in skipped.output  # never replaces the source's
+    # never replaces the source's: nothing it may write, exit 2 naming the fix
+    assert skipped.exit_code == 2 and "--out OTHER.zarr or --overwrite" in skipped.output
     report = reconstruct_store(store, str(tmp_path / "recon.zarr"), keep_float=True)
     assert report.written == ["recon_ct/851/both/week0"]
     ours = zarr.open_group(str(tmp_path / "recon.zarr"), mode="r")["recon_ct/851/both/week0"]
@@ -129,6 +203,16 @@ def test_store_reconstruction_matches_the_synthetic_recon_ct(tmp_path):
     attrs = get_bonemet_attrs(ours)
     assert attrs["status"] == "complete" and attrs["provenance"]["stage"] == "reconstruct"
     assert attrs["provenance"]["window_per_mm"] == [0.0, 0.11]  # from the NRecon-style .log
+    # convert recorded NRecon's grid and window with the projections: the same without recon_ct
+    alone = str(tmp_path / "alone.zarr")
+    convert(tmp_path / "src", alone, components="rotation_xray")
+    projections = get_bonemet_attrs(
+        zarr.open_group(alone, mode="r")["rotation_xray/851/both/week0"]
+    )
+    assert projections["nrecon"] == {"shape": list(truth.shape), "window_per_mm": [0.0, 0.11]}
+    reconstruct_store(alone)
+    again = zarr.open_group(alone, mode="r")["recon_ct/851/both/week0"]
+    np.testing.assert_array_equal(again["0"][:], ours["0"][:])
 
 
 def test_full_size_graph_fits_the_memory_budget_without_computing():

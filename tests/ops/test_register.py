@@ -104,7 +104,8 @@ def test_register_store_and_cli(tmp_path):
     store = str(tmp_path / "store.zarr")
     convert(tmp_path / "src", store)
     skipped = CliRunner().invoke(app, ["register", store, "--sides", "left"])
-    assert skipped.exit_code == 0 and "skipped" in skipped.output  # converted groups are kept
+    # converted groups are kept: nothing this stage may write, so a usage error naming the fix
+    assert skipped.exit_code == 2 and "--overwrite" in skipped.output
     out = str(tmp_path / "out.zarr")
     report = register_store(store, out, sides=["left"], levels_um=(160.0,), min_metric=0.5)
     assert report.written == ["regist_ct/851/left/week0", "regist_ct/851/left/week1"]
@@ -143,5 +144,8 @@ def test_register_store_and_cli(tmp_path):
         # one 160 um level only (fast): measured 0.3 deg / 0.12 voxel (week 0) and 2.3 deg /
         # 0.11 voxel (week 1, through its registered week 0); 2 deg is one voxel over the tibia
         assert found.allclose(expected, angle_deg=3.0, distance_um=1.5 * h_um)
-    again = CliRunner().invoke(app, ["register", store, "--out", out, "--sides", "left"])
-    assert again.exit_code == 0 and again.output.count("skipped") >= 1
+    again = register_store(store, out, sides=["left"], levels_um=(160.0,), min_metric=0.5)
+    assert not again.written and [why for _, why in again.skipped] == ["up to date"] * 2
+    # the CLI's default settings differ from the ones these groups were made with
+    other = CliRunner().invoke(app, ["register", store, "--out", out, "--sides", "left"])
+    assert other.exit_code == 2 and "other settings" in other.output

@@ -12,7 +12,8 @@ import bonemet_dask as bm
 from bonemet_dask.cli import app
 from bonemet_dask.io.store import ImageLayout, create_image_group, scan_group_path, write_shard
 from bonemet_dask.ops.convert import convert
-from bonemet_dask.ops.segment import SegmentationError, segment_store, segment_tibiae
+from bonemet_dask.ops.segment import SegmentationError, segment_tibiae
+from bonemet_dask.ops.segment_store import segment_store
 from bonemet_dask.synth import SynthConfig, generate
 from bonemet_dask.synth.anatomy import MU_SOFT, hindlimb_phantom, pose_matrix
 from bonemet_dask.synth.config import WINDOW_MAX_PER_MM
@@ -31,7 +32,7 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("segment")
     truth = generate(str(root / "src"), CONFIG)
     store = root / "store.zarr"
-    assert convert(str(root / "src"), str(store)).converted
+    assert convert(str(root / "src"), str(store)).written
     return store, truth
 
 
@@ -193,7 +194,8 @@ def one_leg_store(dataset, path):
     layout = ImageLayout.default_for("ct", volume.shape, "uint8", voxel_size_um=160.0)
     group = create_image_group(
         root, scan_group_path("recon_ct", "851", "both", 0), layout,
-        attrs={"component": "recon_ct", "mouse": "851", "side": "both", "week": 0},
+        attrs={"component": "recon_ct", "mouse": "851", "side": "both", "week": 0,
+               "status": "complete"},
     )  # fmt: skip
     for shard in range(layout.n_shards):
         write_shard(group["0"], shard, volume[layout.shard_slices(shard)])
@@ -221,7 +223,7 @@ def test_store_round_trip_resume_and_refusal(dataset, segmented, tmp_path):
             attrs = group.attrs["bonemet"]
             assert attrs["status"] == "complete" and attrs["provenance"]["stage"] == "segment"
             assert attrs["crop_box"] == crop.attrs["bonemet"]["crop_box"]
-            assert attrs["provenance"]["input"] == f"recon_ct/{mouse}/both/week0"
+            assert attrs["provenance"]["inputs"] == {"input": f"recon_ct/{mouse}/both/week0"}
             np.testing.assert_array_equal(group["0"][:], crop.values)
             np.testing.assert_array_equal(group["mask"][:], crop["mask"].values.astype(np.uint8))
             assert group["mask"].shards == group["0"].shards
@@ -242,7 +244,7 @@ def test_store_round_trip_resume_and_refusal(dataset, segmented, tmp_path):
             )
             np.testing.assert_array_equal(a, b)
     again = segment_store(str(store), str(out))
-    assert not again.written and all("already segmented" in r for _, r in again.skipped)
+    assert not again.written and all(r == "up to date" for _, r in again.skipped)
     # a killed run: one shard and its digests lost, status incomplete -> only it is rewritten
     path = scan_group_path("seg_ct", "851", "left", 0)
     group = zarr.open_group(str(out), mode="r+")[path]
@@ -260,7 +262,7 @@ def test_store_round_trip_resume_and_refusal(dataset, segmented, tmp_path):
     assert not refused.written and len(refused.skipped) == 2
     assert all("overwrite=True" in reason for _, reason in refused.skipped)
     replaced = segment_store(str(store), str(out), mice=["852"], margin_um=0.0)
-    assert not replaced.written and "segmented with" in replaced.skipped[0][1]
+    assert not replaced.written and "other settings" in replaced.skipped[0][1]
     replaced = segment_store(str(store), str(out), mice=["852"], margin_um=0.0, overwrite=True)
     assert len(replaced.written) == 2
 
@@ -269,8 +271,11 @@ def test_store_reports_a_scan_it_cannot_segment(dataset, tmp_path):
     store = one_leg_store(dataset, tmp_path / "one.zarr")
     report = segment_store(str(store))
     assert not report.written
-    assert report.failed[0][0] == "recon_ct/851/both/week0"
-    assert "only one leg found" in report.failed[0][1]
+    assert [path for path, _ in report.failed] == [
+        "seg_ct/851/left/week0",
+        "seg_ct/851/right/week0",
+    ]
+    assert report.failed[0][1].startswith("recon_ct/851/both/week0: only one leg found")
 
 
 def test_cli_segment(dataset, tmp_path):
@@ -280,10 +285,10 @@ def test_cli_segment(dataset, tmp_path):
     args = ["segment", str(store), "--out", str(out), "--mice", "851", "--weeks", "0"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "segmented 2 tibiae" in result.output
+    assert "segment: 2 written" in result.output
     assert sorted(zarr.open_group(str(out), mode="r")["seg_ct/851"].group_keys()) == list(SIDES)
     refused = runner.invoke(app, ["segment", str(store), "--mice", "851"], env={"COLUMNS": "200"})
-    assert refused.exit_code == 0 and "--overwrite" in refused.output
+    assert refused.exit_code == 2 and "--overwrite" in refused.output  # nothing it may write
     assert runner.invoke(app, ["segment", str(store), "--threshold", "0"]).exit_code == 2
     failed = runner.invoke(app, ["segment", str(one_leg_store(dataset, tmp_path / "one.zarr"))])
     assert failed.exit_code == 1 and "only one leg found" in failed.output

@@ -1,0 +1,137 @@
+"""The ``segment`` stage: both tibiae of every selected hindlimb volume, as ``seg_ct`` groups.
+
+Reads ``recon_ct/{mouse}/both/week{k}`` (a reconstruction of ours, or the published Recon-CT
+converted from PNGs), writes ``seg_ct/{mouse}/{left,right}/week{k}``: the greyscale crop as
+image ``0`` (as the published Seg-CT), the bone mask as array ``mask`` (uint8, 1 = bone of this
+tibia and fibula; same layout as ``0``), and ``crop_box`` (``lo``/``hi`` voxel indices in the
+reconstruction), ``threshold``, ``knee_slice`` in the group's ``bonemet`` attributes.  One task
+writes one shard of both arrays, then its done-marker (:mod:`bonemet_dask.ops.engine`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bonemet_dask.io.scans import ScanRef
+from bonemet_dask.io.store import ImageLayout, read_ome_scale
+from bonemet_dask.ops.engine import UnitContext, run_stage
+from bonemet_dask.ops.segment import SIDES_BY_X, SegmentationError, segment_tibiae
+from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport
+from bonemet_dask.selection import Selection
+
+__all__ = ["MASK_ATTRIBUTES", "Segment", "segment_store"]
+
+MASK_ATTRIBUTES = {"bonemet": {"kind": "mask", "values": {"0": "other", "1": "bone"}}}
+"""Attributes of the ``mask`` array of a ``seg_ct`` group."""
+
+
+class Segment(Stage):
+    """Crop both tibiae (fibula kept, cut below the knee) with their bone masks."""
+
+    name = "segment"
+    reads = "recon_ct"
+    writes = "seg_ct"
+    produced_by = (
+        "reconstruct the projections (bonemet-dask reconstruct STORE) or convert the published "
+        "Recon-CT (bonemet-dask convert SRC STORE --components recon_ct)"
+    )
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 75,
+        margin_um: float = 300.0,
+        binning: int = 4,
+        slices_per_shard: int | None = None,
+    ) -> None:
+        if isinstance(threshold, bool) or not 1 <= int(threshold) <= 255:
+            raise ValueError(f"threshold={threshold!r} must be a grey level in 1..255, e.g. 75")
+        if not float(margin_um) >= 0:
+            raise ValueError(f"margin_um={margin_um!r} must be >= 0 micrometres")
+        super().__init__(threshold=int(threshold), margin_um=float(margin_um),
+                         binning=int(binning), slices_per_shard=slices_per_shard)  # fmt: skip
+
+    def outputs(self, scans: list[ScanRef]) -> list[Output]:
+        """A left and a right tibia per hindlimb volume."""
+        return [self.output_for(scan, side=side)
+                for scan in scans if scan.side == "both" for side in SIDES_BY_X]  # fmt: skip
+
+    def build(self, output: Output, context: UnitContext) -> Product:
+        """The crop of one side, and its mask, from the volume's one segmentation."""
+        scan = output.inputs["input"]
+        key = ("segment", scan.path)
+        if key not in context.memo:  # one segmentation serves both sides
+            context.memo[key] = self._segment(scan, context)
+        crops = context.memo[key]
+        if isinstance(crops, StageFailure):
+            raise crops
+        crop = crops[output.side]
+        scale = read_ome_scale(context.roots.root(scan.where)[scan.path]) or (1.0, 1.0, 1.0)
+        layout = ImageLayout.default_for(
+            "ct",
+            crop.shape,
+            "uint8",
+            voxel_size_um=scale,
+            slices_per_shard=self.parameters["slices_per_shard"],
+        )
+        attrs = dict(crop.attrs["bonemet"])
+        attrs["provenance"] = {"operation": attrs["provenance"]["operation"]}
+        return Product(
+            layout,
+            {"0": crop.data, "mask": crop["mask"].data.astype(np.uint8)},
+            attrs,
+            extras={"mask": {"dtype": "uint8", "attributes": MASK_ATTRIBUTES}},
+        )
+
+    def _segment(self, scan: ScanRef, context: UnitContext) -> Any:
+        image = context.open(scan)["image"]
+        scale = read_ome_scale(context.roots.root(scan.where)[scan.path]) or (1.0, 1.0, 1.0)
+        parameters = {k: self.parameters[k] for k in ("threshold", "margin_um", "binning")}
+        try:
+            return segment_tibiae(image, voxel_size_um=scale[2], **parameters)
+        except SegmentationError as err:
+            return StageFailure(str(err))
+
+
+def segment_store(
+    store: Any,
+    out: Any = None,
+    *,
+    mice: Any = None,
+    weeks: Any = None,
+    threshold: int = 75,
+    margin_um: float = 300.0,
+    binning: int = 4,
+    slices_per_shard: int | None = None,
+    **run_options: Any,
+) -> StageReport:
+    """Segment every selected ``recon_ct/{mouse}/both/week{k}`` scan into ``seg_ct`` groups.
+
+    Parameters
+    ----------
+    store, out : str, os.PathLike or zarr Store
+        Store holding hindlimb reconstructions (read from ``out`` first); where to write
+        ``seg_ct/{mouse}/{left,right}/week{k}`` (default ``store``).
+    mice, weeks : optional
+        Selection (:class:`~bonemet_dask.selection.Selection` rules).
+    threshold, margin_um, binning : optional
+        As in :func:`~bonemet_dask.ops.segment.segment_tibiae`.
+    slices_per_shard : int, optional
+        Slices per shard (= per writing task).
+    **run_options
+        ``overwrite``, ``client``, ``concurrency``, ``compute``, ``storage_options``,
+        ``progress``: see :func:`~bonemet_dask.ops.engine.run_stage`.  Without
+        ``overwrite``, groups of the published Seg-CT are refused, not replaced.
+
+    Returns
+    -------
+    StageReport
+        Scans that cannot be segmented (one leg, no bone) are ``failed`` with the reason; the
+        run goes on.
+    """
+    stage = Segment(threshold=threshold, margin_um=margin_um, binning=binning,
+                    slices_per_shard=slices_per_shard)  # fmt: skip
+    selection = Selection.of(mice=mice, weeks=weeks)
+    return run_stage(stage, store, out, selection=selection, **run_options)
