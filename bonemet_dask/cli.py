@@ -596,10 +596,10 @@ def run_chain(
         selection = _selection(mice, weeks, sides)
         with _client(cluster) as client, _stage_progress() as update:
             try:
-                result = run(src, store, **selection.to_kwargs() | {"components": None},
-                             start=start, until=until, options=options, backend=backend,
-                             overwrite=overwrite, metrics_csv=csv, client=client,
-                             concurrency=concurrency, progress=update)  # fmt: skip
+                result = run(src, store, selection=selection, start=start, until=until,
+                             options=options, backend=backend, overwrite=overwrite,
+                             metrics_csv=csv, client=client, concurrency=concurrency,
+                             progress=update)  # fmt: skip
             except ValueError as err:  # a stage option out of range
                 raise typer.BadParameter(str(err)) from None
     _print_run(result)

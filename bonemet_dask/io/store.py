@@ -504,10 +504,8 @@ def create_image_group(
     _check_choice("status", bonemet["status"], STATUSES)
     ome = ome_image_attrs(path, layout.dims, layout.scale)
     specs = _array_specs(layout, extras)
-    if not root.path:
-        root_attrs = dict(root.attrs.get("bonemet", {}))
-        if "layout" not in root_attrs:
-            root.attrs.update({"bonemet": {**root_attrs, "layout": STORE_LAYOUT_VERSION}})
+    if not root.path and "layout" not in root.attrs.get("bonemet", {}):
+        _mark_layout(root)
     existing = None if overwrite else _existing_group(root, path)
     if existing is None:
         group = root.create_group(path, overwrite=overwrite, attributes={**ome, "bonemet": bonemet})
@@ -523,6 +521,18 @@ def create_image_group(
         group.create_array(name, fill_value=0, **spec)
     logger.debug("image group %s ready: %s", path, layout)
     return group
+
+
+def _mark_layout(root: zarr.Group) -> None:
+    """Record ``bonemet.layout`` in the root group, read afresh.
+
+    A long-lived ``root`` object holds the attributes of when it was opened; writing those
+    back would undo what others wrote since (``convert``'s ``sources``).
+    """
+    fresh = zarr.open_group(root.store, mode="r+")
+    attrs = dict(fresh.attrs.get("bonemet", {}))
+    if "layout" not in attrs:
+        fresh.attrs.update({"bonemet": {**attrs, "layout": STORE_LAYOUT_VERSION}})
 
 
 def _existing_group(root: zarr.Group, path: str) -> zarr.Group | None:

@@ -252,7 +252,7 @@ class _Runner:
             try:
                 product = stage.build(output, context)
             except StageFailure as err:
-                logger.warning("%s: %s", output.path, err)
+                logger.info("%s: %s", output.path, err)
                 report.outcomes.append(Outcome(output.path, "failed", str(err)))
                 continue
             outcome, finish = self._wire(output, product, context)

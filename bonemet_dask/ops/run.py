@@ -132,6 +132,7 @@ def run(
     mice: Any = None,
     weeks: Any = None,
     sides: Any = None,
+    selection: Selection | None = None,
     start: str = "projections",
     until: str = "composite",
     options: dict[str, dict[str, Any]] | None = None,
@@ -156,6 +157,8 @@ def run(
         Selection (:class:`~bonemet_dask.selection.Selection` rules).  A later week is
         registered and composited against its tibia's week 0, which must be in the store (or
         selected too).
+    selection : Selection, optional
+        A parsed selection, narrowed by ``mice``, ``weeks``, ``sides``.
     start : {"projections", "recon_ct"}
         Reconstruct from the raw projections (FDK), or start from the published Recon-CT.
     until : {"convert", "reconstruct", "segment", "register", "composite"}
@@ -191,7 +194,7 @@ def run(
     if unknown:
         raise UsageError(f"options={sorted(unknown)} names no stage; stages are {STAGES}")
     chain = _chain(start, until)
-    selection = Selection.of(mice=mice, weeks=weeks, sides=sides)
+    selection = Selection.of(selection, mice=mice, weeks=weeks, sides=sides)
     catalog = (
         source
         if isinstance(source, Catalog)
