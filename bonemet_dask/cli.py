@@ -595,13 +595,10 @@ def run_chain(
     with _user_errors():
         selection = _selection(mice, weeks, sides)
         with _client(cluster) as client, _stage_progress() as update:
-            try:
-                result = run(src, store, selection=selection, start=start, until=until,
-                             options=options, backend=backend, overwrite=overwrite,
-                             metrics_csv=csv, client=client, concurrency=concurrency,
-                             progress=update)  # fmt: skip
-            except ValueError as err:  # a stage option out of range
-                raise typer.BadParameter(str(err)) from None
+            result = run(src, store, selection=selection, start=start, until=until,
+                         options=options, backend=backend, overwrite=overwrite,
+                         metrics_csv=csv, client=client, concurrency=concurrency,
+                         progress=update)  # fmt: skip
     _print_run(result)
     raise typer.Exit(result.exit_code)
 

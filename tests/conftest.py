@@ -1,6 +1,32 @@
-"""Shared fixtures: a local S3 (moto) server for object-store round trips."""
+"""Shared fixtures: a local S3 (moto) server for object-store round trips; store comparison."""
 
+import json
+
+import numpy as np
 import pytest
+import zarr
+
+
+def assert_same_store(a, b) -> None:
+    """Every group's and array's attributes, and every array element, equal in two stores."""
+    left, right = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    assert dict(left.attrs) == dict(right.attrs)
+    members_a = dict(left.members(max_depth=None))
+    members_b = dict(right.members(max_depth=None))
+    assert sorted(members_a) == sorted(members_b)
+    for path, node in members_a.items():
+        other = members_b[path]
+        text_a = json.dumps(dict(node.attrs), sort_keys=True)
+        assert text_a == json.dumps(dict(other.attrs), sort_keys=True), path
+        if isinstance(node, zarr.Array):
+            assert node.shape == other.shape and node.dtype == other.dtype, path
+            np.testing.assert_array_equal(node[...], other[...], err_msg=path)
+
+
+@pytest.fixture
+def same_store():
+    """:func:`assert_same_store` (tests import no helper modules: importlib import mode)."""
+    return assert_same_store
 
 
 @pytest.fixture(scope="session")

@@ -102,3 +102,55 @@ def test_reconstruct_refuses_an_unknown_backend(tmp_path):
     result = CliRunner().invoke(app, ["reconstruct", str(tmp_path), "--backend", "opencl"])
     assert result.exit_code == 2
     assert "auto, numpy, cupy" in result.output
+
+
+@pytest.fixture(scope="module")
+def converted(tree, tmp_path_factory):
+    """Every component of the tree converted: the published products are in the store."""
+    store = tmp_path_factory.mktemp("converted") / "store.zarr"
+    assert CliRunner().invoke(app, ["convert", str(tree), str(store)]).exit_code == 0
+    return store
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["convert", "{src}", "{new}", "--weeks", "7"], "holds mice 851 (weeks 0,1; sides"),
+        (["convert", "{src}", "{new}", "--weeks", "5-2"], "runs backwards; write 2-5"),
+        (["convert", "{src}", "{new}", "--mice", "853"], "--mice 853 matches none"),
+        (["segment", "{store}", "--mice", "85l"], "--mice 85l matches none of the 2 recon_ct"),
+        (["segment", "{store}"], "pass --out OTHER.zarr or --overwrite"),
+        (["register", "{store}", "--weeks", "1"], "pass --out OTHER.zarr or --overwrite"),
+        (["segment", "{src}"], "is a BoneMet source folder, not a Zarr store"),
+        (["reconstruct", "{new}"], "does not exist; convert a BoneMet tree into it first"),
+        (["composite", "{missing}"], "does not exist"),
+        (["verify", "{missing}", "{store}"], "does not exist"),
+        (["verify", "{src}", "{missing}"], "does not exist"),
+        (["run", "{src}", "{new}", "--mice", "853", "--cluster", "none"], "--mice 853 matches"),
+        (["run", "{src}", "{new}", "--from", "nowhere", "--cluster", "none"], "'projections'"),
+        (["reconstruct", "{roi_only}"], "holds no rotation_xray scans, which reconstruct reads"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(tree, converted, tmp_path, args, message):
+    roi_only = tmp_path / "roi.zarr"
+    if "{roi_only}" in args:
+        CliRunner().invoke(app, ["convert", str(tree), str(roi_only), "--components", "roi_ct"])
+    paths = {"src": tree, "store": converted, "new": tmp_path / "new.zarr",
+             "missing": tmp_path / "nope", "roi_only": roi_only}  # fmt: skip
+    result = CliRunner().invoke(app, [a.format(**{k: str(v) for k, v in paths.items()})
+                                      for a in args], env=WIDE)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, ValueError)
+    assert not (tmp_path / "new.zarr" / "recon_ct").exists()  # nothing half-made
+
+
+def test_selection_forms_reach_the_stages(converted, tmp_path):
+    """``mice="851"`` is one mouse (not '8', '5', '1'); ``weeks=0`` is week 0."""
+    import bonemet_dask as bm
+
+    out = tmp_path / "out.zarr"
+    report = bm.segment_store(str(converted), str(out), mice="851", weeks=0)
+    assert report.written == ["seg_ct/851/left/week0", "seg_ct/851/right/week0"]
+    again = bm.segment_store(str(converted), str(out), mice=851, weeks="0-1")
+    assert again.counts()["up to date"] == 2 and again.counts()["written"] == 2

@@ -96,6 +96,12 @@ def open_root(
         The path does not exist, is a BoneMet source folder or another folder rather than a
         Zarr store, or cannot be written.
     """
+    local = isinstance(store, str | os.PathLike) and "://" not in os.fspath(store)
+    if mode != "a" and local and not os.path.exists(os.fspath(store)):  # before LocalStore
+        raise StoreError(  # would create the folder
+            f"{name} {os.fspath(store)!r} does not exist; convert a BoneMet tree into it "
+            f"first: bonemet-dask convert SRC {os.fspath(store)}"
+        )
     try:
         zstore = open_zarr_store(store, mode="r" if mode == "r" else "a",
                                  storage_options=storage_options)  # fmt: skip
@@ -109,11 +115,6 @@ def open_root(
         pass
     if isinstance(store, str | os.PathLike) and "://" not in os.fspath(store):
         path = os.fspath(store)
-        if not os.path.exists(path):
-            raise StoreError(
-                f"{name} {path!r} does not exist; convert a BoneMet tree into it first: "
-                f"bonemet-dask convert SRC {path}"
-            ) from None
         if os.path.isdir(path) and _looks_like_source(path):
             raise StoreError(
                 f"{name} {path!r} is a BoneMet source folder, not a Zarr store; convert it "

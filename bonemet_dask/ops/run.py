@@ -104,7 +104,7 @@ def plan_run(catalog: Catalog, selection: Selection, *, start: str = "projection
         available.append((stack.mouse, stack.side, stack.week))
         if chosen.matches(mouse=stack.mouse, side=stack.side, week=stack.week):
             mice.setdefault(stack.mouse)
-    chosen.require(
+    selection.require(
         len(mice), available, what=f"{component} scans", where=f"source {catalog.root!r}"
     )
     return list(mice)
@@ -285,7 +285,7 @@ def _stages(chain: list[str], options: dict[str, dict[str, Any]], backend: str) 
             settings.setdefault("backend", backend)
         try:
             stages[name] = _STAGE_CLASSES[name](**settings)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:  # an unknown or out-of-range setting
             raise UsageError(f"options[{name!r}]: {err}") from None
     return stages
 
