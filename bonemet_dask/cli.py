@@ -7,11 +7,13 @@ for) errors.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -63,16 +65,46 @@ def _choices(option: str, value: str | None, allowed: tuple[str, ...]) -> list[s
     return items
 
 
-def _selection(
-    mice: str | None = None,
-    weeks: str | None = None,
-    sides: str | None = None,
-    components: str | None = None,
-):
-    """The common selectors as one :class:`~bonemet_dask.selection.Selection` (exit 2 if bad)."""
-    from bonemet_dask.selection import Selection
+def _selecting(*selectors: str):
+    """Give a command the selector options; it receives them as one ``selection`` argument.
 
-    return Selection.of(mice=mice, weeks=weeks, sides=sides, components=components)
+    The options (``--mice``, ``--weeks``, ``--sides``, ``--components``) are added after the
+    command's arguments and parsed by :meth:`~bonemet_dask.selection.Selection.of`, the one
+    rule for every command; a malformed one exits 2 naming the fix.
+    """
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for name, p in signature.parameters.items() if name != "selection"]
+        arguments = [p for p in own if _is_argument(p)]
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        added = [
+            inspect.Parameter(name, keyword, default=None, annotation=_SELECTOR_OPTIONS[name])
+            for name in selectors
+        ]
+
+        @functools.wraps(command)
+        def with_selection(**given):
+            from bonemet_dask.selection import Selection
+
+            chosen = {name: given.pop(name) for name in selectors}
+            with _user_errors():
+                selection = Selection.of(**chosen)
+            return command(**given, selection=selection)
+
+        parameters = arguments + added + [p for p in own if not _is_argument(p)]
+        with_selection.__signature__ = signature.replace(
+            parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parameters]
+        )
+        with_selection.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_selection
+
+    return decorate
+
+
+def _is_argument(parameter: inspect.Parameter) -> bool:
+    metadata = getattr(parameter.annotation, "__metadata__", ())
+    return any(isinstance(m, typer.models.ArgumentInfo) for m in metadata)
 
 
 @contextlib.contextmanager
@@ -92,12 +124,16 @@ def _user_errors():
         raise typer.Exit(EXIT_FAILURE) from None
 
 
-MiceOpt = Annotated[str | None, typer.Option("--mice", help="Animal ids, comma separated.")]
-WeeksOpt = Annotated[str | None, typer.Option("--weeks", help="Weeks, e.g. 0,2-4.")]
-SidesOpt = Annotated[str | None, typer.Option("--sides", help="left, right, both.")]
-ComponentsOpt = Annotated[
-    str | None, typer.Option("--components", help=f"Comma separated: {', '.join(COMPONENTS)}.")
-]
+_SELECTOR_OPTIONS = {
+    "mice": Annotated[str | None, typer.Option(help="Animal ids, comma separated, e.g. 851,852.")],
+    "weeks": Annotated[str | None, typer.Option(help="Weeks, e.g. 0,2-4.")],
+    "sides": Annotated[str | None, typer.Option(help="left, right, both.")],
+    "components": Annotated[
+        str | None, typer.Option(help=f"Comma separated: {', '.join(COMPONENTS)}.")
+    ],
+}
+ComponentsOpt = _SELECTOR_OPTIONS["components"]
+SourceArg = Annotated[str, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")]
 StoreArg = Annotated[str, typer.Argument(help="Zarr store: local folder or fsspec URL.")]
 OutOpt = Annotated[
     str | None, typer.Option(help="Write here (read from here first, then STORE); default STORE.")
@@ -170,14 +206,12 @@ def synth(
 
 
 @app.command()
+@_selecting("mice", "weeks", "sides", "components")
 def plan(
     src: Annotated[
         str | None, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")
     ] = None,
-    mice: MiceOpt = None,
-    weeks: WeeksOpt = None,
-    sides: SidesOpt = None,
-    components: ComponentsOpt = None,
+    selection: Any = None,
     profile: Annotated[
         str | None,
         typer.Option(help="'full': plan the published 67.87 TB from its counts (no SRC needed)."),
@@ -200,8 +234,6 @@ def plan(
         return
     if src is None:
         raise typer.BadParameter("give SRC, or --profile full", param_hint="SRC")
-    with _user_errors():
-        selection = _selection(mice, weeks, sides, components)
     try:
         catalog = scan_source(src)
     except FileNotFoundError as err:
@@ -259,13 +291,11 @@ def _problem_dict(problem) -> dict[str, str]:
 
 
 @app.command()
+@_selecting("mice", "weeks", "sides", "components")
 def convert(
-    src: Annotated[str, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")],
-    store: Annotated[str, typer.Argument(help="Zarr store: local folder or fsspec URL.")],
-    mice: MiceOpt = None,
-    weeks: WeeksOpt = None,
-    sides: SidesOpt = None,
-    components: ComponentsOpt = None,
+    src: SourceArg,
+    store: StoreArg,
+    selection: Any = None,
     on_error: Annotated[
         str, typer.Option(help="quarantine: leave bad scans out and go on; stop: abort.")
     ] = "quarantine",
@@ -297,21 +327,19 @@ def convert(
         raise typer.BadParameter(f"--on-error {on_error!r} is not one of {', '.join(ON_ERROR)}")
     if codec is not None and codec not in CODECS:
         raise typer.BadParameter(f"--codec {codec!r} is not one of {', '.join(CODECS)}")
-    with _user_errors():
-        selection = _selection(mice, weeks, sides, components)
-        with _client(cluster) as client, _progress("Converting shards") as update:
-            result = run_convert(
-                src,
-                store,
-                selection=selection,
-                client=client,
-                on_error=on_error,
-                overwrite=overwrite,
-                codec=codec,
-                level=level,
-                slices_per_shard=slices_per_shard,
-                progress=update,
-            )
+    with _user_errors(), _client(cluster) as client, _progress("Converting shards") as update:
+        result = run_convert(
+            src,
+            store,
+            selection=selection,
+            client=client,
+            on_error=on_error,
+            overwrite=overwrite,
+            codec=codec,
+            level=level,
+            slices_per_shard=slices_per_shard,
+            progress=update,
+        )
     mb = result.bytes_read / 1e6
     counts = result.counts()
     console.print(
@@ -343,22 +371,18 @@ def _report_dict(report) -> dict:
 
 
 @app.command()
+@_selecting("mice", "weeks", "sides", "components")
 def verify(
-    src: Annotated[str, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")],
+    src: SourceArg,
     store: Annotated[str, typer.Argument(help="Zarr store written by convert.")],
-    mice: MiceOpt = None,
-    weeks: WeeksOpt = None,
-    sides: SidesOpt = None,
-    components: ComponentsOpt = None,
+    selection: Any = None,
     cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
 ) -> None:
     """Prove the store equals the source: every slice re-decoded and compared by digest."""
     from bonemet_dask.ops.verify import verify as run_verify
 
-    with _user_errors():
-        selection = _selection(mice, weeks, sides, components)
-        with _client(cluster) as client, _progress("Verifying shards") as update:
-            result = run_verify(src, store, **selection.to_kwargs(), client=client, progress=update)
+    with _user_errors(), _client(cluster) as client, _progress("Verifying shards") as update:
+        result = run_verify(src, store, selection=selection, client=client, progress=update)
     for path in result.missing:
         err_console.print(f"[red]missing[/red] {path}: not (completely) in the store")
     for path, index, file, what in result.mismatches[:50]:
@@ -372,126 +396,69 @@ def verify(
     raise typer.Exit(EXIT_FAILURE)
 
 
-@app.command()
-def reconstruct(
-    store: StoreArg,
-    out: OutOpt = None,
-    mice: MiceOpt = None,
-    weeks: WeeksOpt = None,
-    filter_: Annotated[
-        str, typer.Option("--filter", help="ramlak, shepp-logan, cosine, hamming, hann.")
-    ] = "hamming",
-    keep_float: Annotated[bool, typer.Option(help="Also store float32 attenuation.")] = False,
-    backend: BackendOpt = "auto",
-    slices_per_shard: ShardOpt = None,
-    overwrite: OverwriteOpt = False,
-    cluster: ClusterOpt = "none",
-    concurrency: ConcurrencyOpt = None,
-) -> None:
-    """Cone-beam FDK (Parker short-scan weights) of every selected projection scan."""
-    from bonemet_dask.ops.reconstruct_store import Reconstruct
+def _stage_command(stage_class, name: str) -> None:
+    """Register the CLI command of a stage, built from its declaration.
 
-    _run_stage(
-        lambda: Reconstruct(filter=filter_, keep_float=keep_float, backend=backend,
-                            slices_per_shard=slices_per_shard),
-        store, out, (mice, weeks, None), overwrite, cluster, concurrency,
-    )  # fmt: skip
-
-
-@app.command()
-def segment(
-    store: StoreArg,
-    out: OutOpt = None,
-    mice: MiceOpt = None,
-    weeks: WeeksOpt = None,
-    threshold: ThresholdOpt = 75,
-    margin_um: Annotated[
-        float, typer.Option(help="Margin around each tibia's box, micrometres.", min=0)
-    ] = 300.0,
-    slices_per_shard: ShardOpt = None,
-    overwrite: OverwriteOpt = False,
-    cluster: ClusterOpt = "none",
-    concurrency: ConcurrencyOpt = None,
-) -> None:
-    """Crop both tibiae (fibula kept, cut below the knee) of every selected hindlimb scan.
-
-    Exits 1 when a scan could not be segmented (the reason is printed).
+    STORE, --out, the selectors, one option per setting of the stage's dataclass (its help
+    text from :func:`~bonemet_dask.ops.stage.setting`), --overwrite, --cluster and
+    --concurrency: a new stage declares its settings once, for Python and the CLI alike.
     """
-    from bonemet_dask.ops.segment_store import Segment
+    import typing
+    from dataclasses import MISSING, fields
 
-    _run_stage(
-        lambda: Segment(threshold=threshold, margin_um=margin_um,
-                        slices_per_shard=slices_per_shard),
-        store, out, (mice, weeks, None), overwrite, cluster, concurrency,
-    )  # fmt: skip
+    hints = typing.get_type_hints(stage_class)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    parameters = [
+        inspect.Parameter("store", keyword, annotation=StoreArg),
+        inspect.Parameter("selection", keyword, default=None),
+        inspect.Parameter("out", keyword, default=None, annotation=OutOpt),
+    ]
+    settings = []
+    for item in fields(stage_class):
+        if item.metadata.get("cli") is False or item.default is MISSING:
+            continue
+        spelling = item.metadata.get("cli") or "--" + item.name.replace("_", "-")
+        option = typer.Option(spelling, help=item.metadata.get("help", ""))
+        annotation = Annotated[_cli_type(hints[item.name]), option]
+        parameters.append(inspect.Parameter(item.name, keyword, default=item.default,
+                                            annotation=annotation))  # fmt: skip
+        settings.append(item.name)
+    parameters += [
+        inspect.Parameter("overwrite", keyword, default=False, annotation=OverwriteOpt),
+        inspect.Parameter("cluster", keyword, default="none", annotation=ClusterOpt),
+        inspect.Parameter("concurrency", keyword, default=None, annotation=ConcurrencyOpt),
+    ]
 
+    def command(**given) -> None:
+        store, out = given["store"], given["out"]
+        chosen = {k: given[k] for k in settings}
+        for key, value in stage_class.cli_defaults(store, out).items():
+            chosen[key] = value if chosen.get(key) is None else chosen[key]
+        _run_stage(lambda: stage_class(**chosen), store, out, given["selection"],
+                   given["overwrite"], given["cluster"], given["concurrency"])  # fmt: skip
 
-@app.command()
-def register(
-    store: StoreArg,
-    out: OutOpt = None,
-    mice: MiceOpt = None,
-    weeks: WeeksOpt = None,
-    sides: SidesOpt = None,
-    threshold: ThresholdOpt = 75,
-    roll_starts: Annotated[
-        str, typer.Option(help="'full' (32 roll starts) or 'bonemet' (the published 26).")
-    ] = "full",
-    slices_per_shard: ShardOpt = None,
-    overwrite: OverwriteOpt = False,
-    cluster: ClusterOpt = "none",
-    concurrency: ConcurrencyOpt = None,
-) -> None:
-    """Rigid registration: week 0 to the vertical reference, later weeks to week 0.
-
-    Exits 1 when a registration's quality flag fails (the scans and metrics are printed).
-    """
-    from bonemet_dask.ops.register_store import Register
-
-    _run_stage(
-        lambda: Register(threshold=threshold, roll_starts=roll_starts,
-                         slices_per_shard=slices_per_shard),
-        store, out, (mice, weeks, sides), overwrite, cluster, concurrency,
-    )  # fmt: skip
-
-
-@app.command()
-def composite(
-    store: StoreArg,
-    out: OutOpt = None,
-    mice: MiceOpt = None,
-    weeks: WeeksOpt = None,
-    sides: SidesOpt = None,
-    threshold: ThresholdOpt = 75,
-    offset: Annotated[int, typer.Option(help="RoI start, slices below the junction.")] = 0,
-    count: Annotated[int, typer.Option(help="RoI length in slices.", min=1)] = 300,
-    keep_fibula: Annotated[bool, typer.Option(help="Do not remove the fibula.")] = False,
-    csv: Annotated[
-        str | None,
-        typer.Option(help="Metrics CSV joined with MiceMediRec (default: beside a local OUT)."),
-    ] = None,
-    slices_per_shard: ShardOpt = None,
-    overwrite: OverwriteOpt = False,
-    cluster: ClusterOpt = "none",
-    concurrency: ConcurrencyOpt = None,
-) -> None:
-    """Composite of each week against week 0, cropped to the RoI, written to roi_ct.
-
-    180 kept, 240 formed, 60 resorbed; the RoI is COUNT slices below the tibia-fibula junction
-    found on week 0, fibula removed; per-scan metrics go to a CSV joined with MiceMediRec.
-    """
-    from bonemet_dask.ops.composite_store import Composite, default_metrics_csv
-
-    _run_stage(
-        lambda: Composite(threshold=threshold, offset=offset, count=count,
-                          remove_fibula=not keep_fibula,
-                          metrics_csv=csv or default_metrics_csv(out or store),
-                          slices_per_shard=slices_per_shard),
-        store, out, (mice, weeks, sides), overwrite, cluster, concurrency,
-    )  # fmt: skip
+    command.__signature__ = inspect.Signature(parameters)  # what typer reads
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    paragraphs = inspect.cleandoc(stage_class.__doc__ or "").split("\n\n")
+    command.__doc__ = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    command.__name__ = name
+    selectors = ("mice", "weeks", "sides") if stage_class.per_tibia else ("mice", "weeks")
+    app.command(name=name)(_selecting(*selectors)(command))
 
 
-def _run_stage(make_stage, store, out, selectors, overwrite, cluster, concurrency) -> None:
+def _cli_type(hint):
+    """The option type of a setting: ``int | None`` stays, ``str | Sequence`` becomes ``str``."""
+    import types
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        simple = [a for a in args if a in (str, int, float, bool)]
+        return (simple[0] | None) if type(None) in typing.get_args(hint) else simple[0]
+    return hint
+
+
+def _run_stage(make_stage, store, out, selection, overwrite, cluster, concurrency) -> None:
     """What every stage command does: check options, run the stage, print, exit."""
     from bonemet_dask.ops.engine import run_stage
 
@@ -499,11 +466,10 @@ def _run_stage(make_stage, store, out, selectors, overwrite, cluster, concurrenc
         stage = make_stage()
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    with _user_errors():
-        selection = _selection(*selectors)
-        with _client(cluster) as client, _progress(f"{stage.name}: {stage.writes}") as update:
-            report = run_stage(stage, store, out, selection=selection, overwrite=overwrite,
-                               client=client, concurrency=concurrency, progress=update)  # fmt: skip
+    label = f"{stage.name}: {stage.writes}"
+    with _user_errors(), _client(cluster) as client, _progress(label) as update:
+        report = run_stage(stage, store, out, selection=selection, overwrite=overwrite,
+                           client=client, concurrency=concurrency, progress=update)  # fmt: skip
     _print_report(report, stage)
     if report.refused and not any(o.done for o in report.outcomes):
         err_console.print(
@@ -512,6 +478,19 @@ def _run_stage(make_stage, store, out, selectors, overwrite, cluster, concurrenc
         )
         raise typer.Exit(EXIT_USAGE)
     raise typer.Exit(report.exit_code or (EXIT_FAILURE if report.flagged else EXIT_OK))
+
+
+def _register_stage_commands() -> None:
+    from bonemet_dask.ops.composite_store import Composite
+    from bonemet_dask.ops.reconstruct_store import Reconstruct
+    from bonemet_dask.ops.register_store import Register
+    from bonemet_dask.ops.segment_store import Segment
+
+    for stage_class in (Reconstruct, Segment, Register, Composite):
+        _stage_command(stage_class, stage_class.name)
+
+
+_register_stage_commands()
 
 
 _OUTCOME_STYLE = {"written": "green", "resumed": "green", "up to date": "dim",
@@ -544,12 +523,11 @@ def _print_report(report, stage, max_rows: int = 60) -> None:
 
 
 @app.command(name="run")
+@_selecting("mice", "weeks", "sides")
 def run_chain(
-    src: Annotated[str, typer.Argument(help="BoneMet tree: local folder or fsspec URL.")],
+    src: SourceArg,
     store: StoreArg,
-    mice: MiceOpt = None,
-    weeks: WeeksOpt = None,
-    sides: SidesOpt = None,
+    selection: Any = None,
     start: Annotated[
         str,
         typer.Option(
@@ -592,13 +570,11 @@ def run_chain(
         "register": {"threshold": threshold, "roll_starts": roll_starts, **shard},
         "composite": {"threshold": threshold, "count": count, **shard},
     }
-    with _user_errors():
-        selection = _selection(mice, weeks, sides)
-        with _client(cluster) as client, _stage_progress() as update:
-            result = run(src, store, selection=selection, start=start, until=until,
-                         options=options, backend=backend, overwrite=overwrite,
-                         metrics_csv=csv, client=client, concurrency=concurrency,
-                         progress=update)  # fmt: skip
+    with _user_errors(), _client(cluster) as client, _stage_progress() as update:
+        result = run(src, store, selection=selection, start=start, until=until,
+                     options=options, backend=backend, overwrite=overwrite,
+                     metrics_csv=csv, client=client, concurrency=concurrency,
+                     progress=update)  # fmt: skip
     _print_run(result)
     raise typer.Exit(result.exit_code)
 
@@ -750,15 +726,16 @@ def _client(cluster: str):
         yield client
 
 
+def _bars(width: int = 0) -> Progress:
+    """Rich progress bars on stderr: label, bar, done/total, elapsed."""
+    label = TextColumn("{task.description:<" + str(width) + "}" if width else "{task.description}")
+    columns = (label, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=err_console, transient=False)
+
+
 @contextlib.contextmanager
 def _progress(label: str):
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=False) as progress:
+    with _bars() as progress:
         task = progress.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
@@ -770,13 +747,7 @@ def _progress(label: str):
 @contextlib.contextmanager
 def _stage_progress():
     """One progress bar per stage of ``run``: mice done out of mice selected."""
-    columns = (
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=False) as progress:
+    with _bars(width=12) as progress:
         tasks: dict[str, int] = {}
 
         def update(stage: str, done: int, total: int) -> None:

@@ -23,6 +23,19 @@ def assert_same_store(a, b) -> None:
             np.testing.assert_array_equal(node[...], other[...], err_msg=path)
 
 
+@pytest.fixture(scope="session")
+def tiny_published(tmp_path_factory):
+    """A tiny synthetic tree (1 mouse, 2 weeks, seed 0) and every component of it converted:
+    ``root/src`` and ``root/published.zarr``, the inputs of each stage.  Tests write beside."""
+    from bonemet_dask.ops.convert import convert
+    from bonemet_dask.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate(str(root / "src"), SynthConfig(mice=1, weeks=2, size="tiny", seed=0))
+    convert(str(root / "src"), str(root / "published.zarr"))
+    return root
+
+
 @pytest.fixture
 def same_store():
     """:func:`assert_same_store` (tests import no helper modules: importlib import mode)."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,11 +23,13 @@ from bonemet_dask.io.scans import ScanRef
 from bonemet_dask.io.store import ImageLayout, get_bonemet_attrs
 from bonemet_dask.ops.composite import COMPOSITE_LEGEND, composite, voxel_size_um
 from bonemet_dask.ops.convert import default_slices_per_shard
-from bonemet_dask.ops.engine import UnitContext, run_stage
+from bonemet_dask.ops.engine import UnitContext, run_declared
 from bonemet_dask.ops.metrics import SCAN_METRICS, bone_metrics, write_metrics_csv
 from bonemet_dask.ops.roi import crop_roi, find_tf_junction
-from bonemet_dask.ops.stage import Outcome, Output, Product, Stage, StageFailure, StageReport
-from bonemet_dask.selection import Selection
+from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport, setting
+
+if TYPE_CHECKING:
+    from bonemet_dask.ops.stage import Outcome
 
 __all__ = [
     "GREYSCALE_ARRAY",
@@ -44,38 +47,33 @@ GREYSCALE_ARRAY = "greyscale"
 BASELINE_WEEK = 0
 
 
-class Composite(Stage):
-    """Four-level change map against week 0, cropped to the RoI below the junction; metrics."""
+@dataclass(frozen=True, kw_only=True)
+class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per_tibia=True):
+    """Composite of each week against week 0, cropped to the RoI below the junction; metrics.
 
-    name = "composite"
-    reads = "regist_ct"
-    writes = "roi_ct"
-    per_tibia = True
-    produced_by = (
-        "register the tibiae (bonemet-dask register STORE) or convert the published Regist-CT "
-        "(bonemet-dask convert SRC STORE --components regist_ct)"
-    )
+    180 kept, 240 formed, 60 resorbed; the RoI is ``count`` slices below the tibia-fibula
+    junction found on week 0, fibula removed; per-scan metrics go to a CSV joined with
+    MiceMediRec.
+    """
 
-    def __init__(
-        self,
-        *,
-        threshold: float = 75,
-        offset: int = 0,
-        count: int = 300,
-        remove_fibula: bool = True,
-        metrics_csv: str | None = None,
-        slices_per_shard: int | None = None,
-    ) -> None:
-        if int(count) < 1:
-            raise ValueError(f"count={count!r} must be >= 1 slices")
-        super().__init__(
-            threshold=float(threshold),
-            offset=int(offset),
-            count=int(count),
-            remove_fibula=bool(remove_fibula),
-            slices_per_shard=slices_per_shard,
-        )
-        self.metrics_csv = metrics_csv  # where the table goes changes no group: not fingerprinted
+    threshold: float = setting(75.0, "Bone threshold (grey level) of both scans.")
+    offset: int = setting(0, "RoI start, slices below the junction.")
+    count: int = setting(300, "RoI length in slices.")
+    remove_fibula: bool = setting(True, "Remove the fibula.", cli="--remove-fibula/--keep-fibula")
+    metrics_csv: str | None = setting(  # where the table goes changes no group
+        None, "Metrics CSV joined with MiceMediRec (CLI default: beside a local OUT).",
+        cli="--csv", fingerprint=False,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if int(self.count) < 1:
+            raise ValueError(f"count={self.count!r} must be >= 1 slices")
+
+    @classmethod
+    def cli_defaults(cls, store: Any, out: Any) -> dict[str, Any]:
+        """The CLI writes the metrics CSV beside a local output store by default."""
+        return {"metrics_csv": default_metrics_csv(out or store)}
 
     def outputs(self, scans: list[ScanRef]) -> list[Output]:
         """Every week of one tibia against its week 0."""
@@ -95,7 +93,7 @@ class Composite(Stage):
             )
         baseline = context.open(base_scan)["image"]
         followup = context.open(follow_scan)["image"]
-        threshold = self.parameters["threshold"]
+        threshold = self.threshold
         key = ("junction", base_scan.path)
         if key not in context.memo:  # one junction per tibia, found on week 0
             try:
@@ -105,21 +103,19 @@ class Composite(Stage):
         junction = context.memo[key]
         if isinstance(junction, StageFailure):
             raise junction
-        n = min(self.parameters["count"], baseline.shape[0])
+        n = min(self.count, baseline.shape[0])
         try:
             comp = crop_roi(
                 composite(baseline, followup, threshold), junction,
-                offset=self.parameters["offset"], count=n,
-                remove_fibula=self.parameters["remove_fibula"], kind="composite",
+                offset=self.offset, count=n, remove_fibula=self.remove_fibula,
+                kind="composite",
             )  # fmt: skip
         except ValueError as err:
             raise StageFailure(str(err)) from None
         first = comp.attrs["roi"]["first_slice"]
         grey = followup.isel(slice=slice(first, first + n))
         scale = voxel_size_um(baseline)
-        sps = self.parameters["slices_per_shard"] or default_slices_per_shard(
-            "ct", comp.shape, "uint8"
-        )
+        sps = self.slices_per_shard or default_slices_per_shard("ct", comp.shape, "uint8")
         layout = ImageLayout.default_for("ct", comp.shape, "uint8", voxel_size_um=scale,
                                          slices_per_shard=sps)  # fmt: skip
         layout = ImageLayout(**{**layout.__dict__, "codec": "blosc-zstd", "level": 1})
@@ -132,7 +128,7 @@ class Composite(Stage):
             "junction_slice": junction.slice,
             "junction_confidence": junction.confidence,
             "junction_ambiguous": junction.ambiguous,
-            "roi": {"offset": self.parameters["offset"], "count": n, "first_regist_slice": first},
+            "roi": {"offset": self.offset, "count": n, "first_regist_slice": first},
             "arrays": {"0": "composite", GREYSCALE_ARRAY: "registered greyscale, fibula kept"},
         }
         return Product(
@@ -203,51 +199,27 @@ def metrics_table_from_rows(frame: Any) -> Any:
     )
 
 
-def composite_store(
-    store: Any,
-    out: Any = None,
-    *,
-    mice: Any = None,
-    weeks: Any = None,
-    sides: Any = None,
-    threshold: float = 75,
-    offset: int = 0,
-    count: int = 300,
-    remove_fibula: bool = True,
-    metrics_csv: str | None = None,
-    slices_per_shard: int | None = None,
-    **run_options: Any,
-) -> StageReport:
+def composite_store(store: Any, out: Any = None, **options: Any) -> StageReport:
     """Composite, RoI and metrics of every selected registered tibia, written as ``roi_ct``.
 
     Parameters
     ----------
-    store, out : str, os.PathLike or zarr Store
+    store : str, os.PathLike or zarr Store
         Store holding ``regist_ct`` groups (week 0 needed per tibia; read from ``out``
-        first) and optionally ``/medirec``; where to write (default ``store``).
-    mice, weeks, sides : optional
-        Selection (weeks of the follow-ups; week 0 is always read as the baseline).
-    threshold : float, optional
-        Bone threshold of both scans.
-    offset, count : int, optional
-        RoI start relative to the junction and its length in slices (BoneMet: 0, 300).
-    remove_fibula : bool, optional
-        Remove the fibula from the composite (the greyscale RoI keeps it).
-    metrics_csv : str, optional
-        Also write the per-scan metrics here, joined with MiceMediRec (``out`` first).
-    slices_per_shard : int, optional
-        Slices per shard (= per writing task).
-    **run_options
-        ``overwrite``, ``client``, ``concurrency``, ``compute``, ``storage_options``,
-        ``progress``: see :func:`~bonemet_dask.ops.engine.run_stage`.
+        first) and optionally ``/medirec``.
+    out : str, os.PathLike or zarr Store, optional
+        Where the RoIs go (default ``store``).
+    **options
+        ``mice``, ``weeks`` (of the follow-ups; week 0 is always read as the baseline) and
+        ``sides``; the settings of :class:`Composite` (``threshold``, ``offset`` and ``count``:
+        the RoI's start relative to the junction and its length in slices, BoneMet 0 and 300;
+        ``remove_fibula``; ``metrics_csv``: also write the metrics there, joined with
+        MiceMediRec; ``slices_per_shard``); the engine's (``overwrite``, ``client``,
+        ``concurrency``, ``compute``, ``storage_options``, ``progress``).
 
     Returns
     -------
     StageReport
         ``table`` holds one row of metrics per written or up-to-date scan.
     """
-    stage = Composite(threshold=threshold, offset=offset, count=count,
-                      remove_fibula=remove_fibula, metrics_csv=metrics_csv,
-                      slices_per_shard=slices_per_shard)  # fmt: skip
-    selection = Selection.of(mice=mice, weeks=weeks, sides=sides)
-    return run_stage(stage, store, out, selection=selection, **run_options)
+    return run_declared(Composite, store, out, **options)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import fields
 from typing import Any
 
 import dask
@@ -49,7 +50,7 @@ from bonemet_dask.io.store import (
 from bonemet_dask.ops.stage import Outcome, Output, Product, Stage, StageFailure, StageReport, plain
 from bonemet_dask.selection import NothingSelectedError, Selection, summarize
 
-__all__ = ["UnitContext", "compute", "default_concurrency", "run_stage"]
+__all__ = ["UnitContext", "compute", "default_concurrency", "run_declared", "run_stage"]
 
 logger = logging.getLogger(__name__)
 
@@ -431,6 +432,35 @@ def run_stage(
     report.seconds = time.perf_counter() - started
     logger.info("%s: %s in %.1f s", stage.name, report.counts(), report.seconds)
     return report
+
+
+ENGINE_OPTIONS = ("overwrite", "client", "concurrency", "compute", "storage_options", "progress")
+"""Keyword arguments of :func:`run_stage` that :func:`run_declared` passes on."""
+
+
+def run_declared(stage_class: type[Stage], store: Any, out: Any = None, **options: Any) -> Any:
+    """Run a stage class with mixed keywords: selectors, its settings, the engine's options.
+
+    ``mice``/``weeks``/``sides`` make the :class:`~bonemet_dask.selection.Selection`,
+    :data:`ENGINE_OPTIONS` go to :func:`run_stage`, the rest are the stage's settings.
+
+    Raises
+    ------
+    TypeError
+        For a keyword that is none of these; the message lists the stage's settings.
+    """
+    selection = Selection.of(**{k: options.pop(k) for k in ("mice", "weeks", "sides")
+                                if k in options})  # fmt: skip
+    engine = {k: options.pop(k) for k in ENGINE_OPTIONS if k in options}
+    try:
+        stage = stage_class(**options)
+    except TypeError:
+        allowed = ", ".join(f.name for f in fields(stage_class))
+        raise TypeError(
+            f"{stage_class.__name__} takes the settings {allowed}, the selectors mice, weeks, "
+            f"sides and the options {', '.join(ENGINE_OPTIONS)}; got {sorted(options)}"
+        ) from None
+    return run_stage(stage, store, out, selection=selection, **engine)
 
 
 def _assemble(report: StageReport, results: list[dict], started: float) -> StageReport:

@@ -11,6 +11,7 @@ group): the same voxels, and grey 75 meaning what it means in the published volu
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,9 @@ from bonemet_dask.io.scans import ScanRef
 from bonemet_dask.io.skyscan_log import format_skyscan_log, nrecon_reference, parse_skyscan_log
 from bonemet_dask.io.store import ImageLayout
 from bonemet_dask.kernels.intensity import to_uint8
-from bonemet_dask.ops.engine import UnitContext, run_stage
+from bonemet_dask.ops.engine import UnitContext, run_declared
 from bonemet_dask.ops.reconstruct import WINDOWS, default_grid, geometry_from_attrs, reconstruct
-from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport
-from bonemet_dask.selection import Selection
+from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport, setting
 
 __all__ = ["Reconstruct", "reconstruct_store"]
 
@@ -34,38 +34,32 @@ logger = logging.getLogger(__name__)
 WINDOW_FROM_LOG = "NRecon .log (Minimum/Maximum for CS to Image Conversion)"
 
 
-class Reconstruct(Stage):
-    """Cone-beam FDK (Parker short-scan weights) of projection scans, windowed to uint8."""
+@dataclass(frozen=True, kw_only=True)
+class Reconstruct(Stage, name="reconstruct", reads="rotation_xray", writes="recon_ct"):
+    """Cone-beam FDK (Parker short-scan weights) of every selected projection scan."""
 
-    name = "reconstruct"
-    reads = "rotation_xray"
-    writes = "recon_ct"
-    produced_by = (
-        "convert the projections (bonemet-dask convert SRC STORE --components rotation_xray)"
+    filter: str = setting("hamming", f"Ramp window: {', '.join(WINDOWS)}.")
+    window: tuple[float, float] | None = setting(
+        None, "Attenuation (1/mm) at grey 0 and 255; default NRecon's (.log).", cli=False
+    )
+    keep_float: bool = setting(False, "Also store the float32 attenuation.")
+    backend: str = setting(  # both backends agree within float tolerance: not fingerprinted
+        "auto", "auto (CuPy on GPU workers, else numpy), numpy or cupy.", fingerprint=False
     )
 
-    def __init__(
-        self,
-        *,
-        filter: str = "hamming",
-        window: tuple[float, float] | None = None,
-        keep_float: bool = False,
-        backend: str = "auto",
-        slices_per_shard: int | None = None,
-    ) -> None:
-        if filter not in WINDOWS:
-            raise ValueError(f"filter={filter!r} is not one of {', '.join(map(repr, WINDOWS))}")
-        if backend not in _backend.BACKENDS:
-            raise ValueError(f"backend={backend!r} is not one of {', '.join(_backend.BACKENDS)}")
-        if window is not None and not (len(window) == 2 and float(window[1]) > float(window[0])):
-            raise ValueError(f"window={window!r} must be (minimum, maximum) with maximum > minimum")
-        super().__init__(
-            filter=filter,
-            window=None if window is None else [float(v) for v in window],
-            keep_float=bool(keep_float),
-            slices_per_shard=slices_per_shard,
-        )
-        self.backend = backend  # not fingerprinted: both backends agree within float tolerance
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.filter not in WINDOWS:
+            raise ValueError(f"filter={self.filter!r} is not one of {', '.join(WINDOWS)}")
+        if self.backend not in _backend.BACKENDS:
+            raise ValueError(
+                f"backend={self.backend!r} is not one of {', '.join(_backend.BACKENDS)}"
+            )
+        window = self.window
+        if window is not None:
+            if not (len(window) == 2 and float(window[1]) > float(window[0])):
+                raise ValueError(f"window={window!r} must be (minimum, maximum), maximum larger")
+            object.__setattr__(self, "window", (float(window[0]), float(window[1])))
 
     def outputs(self, scans: list[ScanRef]) -> list[Output]:
         """One ``recon_ct`` hindlimb volume per projection scan."""
@@ -94,7 +88,7 @@ class Reconstruct(Stage):
         reference = self.reference(output, context)
         return {
             "shape": reference.get("shape"),
-            "window": self.parameters["window"] or reference.get("window_per_mm"),
+            "window": list(self.window or ()) or reference.get("window_per_mm"),
         }
 
     def build(self, output: Output, context: UnitContext) -> Product:
@@ -110,9 +104,9 @@ class Reconstruct(Stage):
         grid = VolumeGrid(tuple(shape), geometry.voxel_size) if shape else default_grid(geometry)
         layout = ImageLayout.default_for(
             "ct", grid.shape, "uint8", voxel_size_um=geometry.voxel_size * 1000,
-            slices_per_shard=self.parameters["slices_per_shard"],
+            slices_per_shard=self.slices_per_shard,
         )  # fmt: skip
-        volume = reconstruct(projections, geometry, filter=self.parameters["filter"], grid=grid,
+        volume = reconstruct(projections, geometry, filter=self.filter, grid=grid,
                              slab_slices=layout.slices_per_shard, backend=self.backend)  # fmt: skip
         window, source = self._window(output, reference, volume)
         lo, hi = window
@@ -121,7 +115,7 @@ class Reconstruct(Stage):
             name="fdk-window-" + tokenize(volume.data.name, lo, hi),
         )  # fmt: skip
         arrays, extras = {"0": grey}, {}
-        if self.parameters["keep_float"]:
+        if self.keep_float:
             arrays["attenuation"] = volume.data
             extras["attenuation"] = {"dtype": "float32", "attributes": {"units": "1/mm"}}
         provenance = dict(volume.attrs["bonemet"]["provenance"])
@@ -130,8 +124,8 @@ class Reconstruct(Stage):
         return Product(layout, arrays, {"provenance": provenance}, extras=extras)
 
     def _window(self, output, reference, volume) -> tuple[tuple[float, float], str]:
-        if self.parameters["window"]:
-            return tuple(self.parameters["window"]), "window parameter"
+        if self.window:
+            return self.window, "window parameter"
         if reference.get("window_per_mm"):
             return tuple(reference["window_per_mm"]), WINDOW_FROM_LOG
         recorded = ((output.resume or {}).get("provenance") or {}).get("window_per_mm")
@@ -147,51 +141,27 @@ class Reconstruct(Stage):
         return (float(lo), float(hi)), "0.1/99.9 percentiles of the volume"
 
 
-def reconstruct_store(
-    store: Any,
-    out: Any = None,
-    *,
-    mice: Any = None,
-    weeks: Any = None,
-    filter: str = "hamming",
-    window: tuple[float, float] | None = None,
-    keep_float: bool = False,
-    backend: str = "auto",
-    slices_per_shard: int | None = None,
-    **run_options: Any,
-) -> StageReport:
+def reconstruct_store(store: Any, out: Any = None, **options: Any) -> StageReport:
     """FDK-reconstruct every selected ``rotation_xray`` scan into ``recon_ct`` groups.
 
     Parameters
     ----------
-    store, out : str, os.PathLike or zarr Store
-        Store holding converted projections; where to write (default ``store``).  A
-        ``recon_ct`` group converted from the source (the published reconstruction) is refused
-        unless ``overwrite=True``.
-    mice, weeks : optional
-        Selection (:class:`~bonemet_dask.selection.Selection` rules: ``"851"``, ``[851]``,
-        ``"0,2-4"``...).
-    filter : str
-        Ramp window (see :func:`bonemet_dask.ops.reconstruct.reconstruct`).
-    window : (float, float), optional
-        Attenuation (1/mm) mapped to grey 0 and 255; default NRecon's window for the scan
-        (its Recon-CT ``.log``), else the volume's 0.1/99.9 percentiles (with a warning).
-    keep_float : bool
-        Also store the float32 attenuation as array ``attenuation``.
-    backend : {"auto", "numpy", "cupy"}
-        Where the filter and backprojection tasks run.
-    slices_per_shard : int, optional
-        Slices per shard (= per writing task); default 64.
-    **run_options
-        ``overwrite``, ``client``, ``concurrency``, ``compute``, ``storage_options``,
-        ``progress``: see :func:`~bonemet_dask.ops.engine.run_stage`.
+    store : str, os.PathLike or zarr Store
+        Store holding converted projections.
+    out : str, os.PathLike or zarr Store, optional
+        Where the volumes go (default ``store``).  A ``recon_ct`` group converted from the
+        source (the published reconstruction) is refused unless ``overwrite=True``.
+    **options
+        ``mice`` and ``weeks`` (:class:`~bonemet_dask.selection.Selection` rules); the settings
+        of :class:`Reconstruct` (``filter``, ``window``: attenuation at grey 0 and 255, default
+        NRecon's from the Recon-CT ``.log``, else the volume's 0.1/99.9 percentiles with a
+        warning; ``keep_float``, ``backend``, ``slices_per_shard``); and the engine's
+        (``overwrite``, ``client``, ``concurrency``, ``compute``, ``storage_options``,
+        ``progress``: :func:`~bonemet_dask.ops.engine.run_stage`).
 
     Returns
     -------
     StageReport
         Or, with ``compute=False``, a ``dask.delayed`` that writes everything and returns it.
     """
-    stage = Reconstruct(filter=filter, window=window, keep_float=keep_float, backend=backend,
-                        slices_per_shard=slices_per_shard)  # fmt: skip
-    selection = Selection.of(mice=mice, weeks=weeks)
-    return run_stage(stage, store, out, selection=selection, **run_options)
+    return run_declared(Reconstruct, store, out, **options)

@@ -13,62 +13,60 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from bonemet_dask.io.scans import ScanRef
 from bonemet_dask.io.store import ImageLayout
-from bonemet_dask.ops.engine import UnitContext, run_stage
+from bonemet_dask.ops.engine import UnitContext, run_declared
 from bonemet_dask.ops.register import LEVELS_UM, finish, plan_registration
 from bonemet_dask.ops.resample import resample
-from bonemet_dask.ops.stage import Outcome, Output, Product, Stage, StageFailure, StageReport
-from bonemet_dask.selection import Selection
+from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport, setting
 from bonemet_dask.transform import RigidTransform
+
+if TYPE_CHECKING:
+    from bonemet_dask.ops.stage import Outcome
 
 __all__ = ["Register", "register_store"]
 
 logger = logging.getLogger(__name__)
 
 
-class Register(Stage):
-    """Rigid registration: the baseline week to the vertical reference, later weeks to it."""
+@dataclass(frozen=True, kw_only=True)
+class Register(
+    Stage, name="register", reads="seg_ct", writes="regist_ct", per_tibia=True, chained=True
+):
+    """Rigid registration: week 0 to the vertical reference, later weeks to week 0."""
 
-    name = "register"
-    reads = "seg_ct"
-    writes = "regist_ct"
-    per_tibia = True
-    chained = True
-    produced_by = (
-        "segment the reconstructions (bonemet-dask segment STORE) or convert the published "
-        "Seg-CT (bonemet-dask convert SRC STORE --components seg_ct)"
+    threshold: float = setting(75.0, "Bone threshold (grey level).")
+    roll_starts: str | Sequence[float] = setting(
+        "full", "'full' (32 roll starts) or 'bonemet' (the published 26), or radians."
+    )
+    levels_um: Sequence[float] = setting(
+        LEVELS_UM, "Pyramid voxel sizes, coarse to fine.", cli=False
+    )
+    keep_starts: int = setting(3, "Roll starts refined after the first scoring pass.")
+    min_metric: float | None = setting(None, "Quality threshold on the final NCC.")
+    max_evals: int = setting(600, "Metric evaluations per optimiser run.")
+    reference: Any = setting(
+        None, "Your own vertical reference tibia.", cli=False, fingerprint=False
     )
 
-    def __init__(
-        self,
-        *,
-        threshold: float = 75.0,
-        roll_starts: str | Sequence[float] = "full",
-        levels_um: Sequence[float] = LEVELS_UM,
-        keep_starts: int = 3,
-        min_metric: float | None = None,
-        max_evals: int = 600,
-        reference: Any = None,
-        slices_per_shard: int | None = None,
-    ) -> None:
-        if isinstance(roll_starts, str) and roll_starts not in ("full", "bonemet"):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.roll_starts, str) and self.roll_starts not in ("full", "bonemet"):
             raise ValueError(
-                f"roll_starts={roll_starts!r} is not one of 'full', 'bonemet' or a list of radians"
+                f"roll_starts={self.roll_starts!r} is not one of 'full', 'bonemet' or a list of "
+                "radians"
             )
-        super().__init__(
-            threshold=float(threshold),
-            roll_starts=roll_starts if isinstance(roll_starts, str) else list(roll_starts),
-            levels_um=[float(v) for v in levels_um],
-            keep_starts=int(keep_starts),
-            min_metric=min_metric,
-            max_evals=int(max_evals),
-            reference=None if reference is None else "user-supplied",
-            slices_per_shard=slices_per_shard,
-        )
-        self.reference = reference
+        object.__setattr__(self, "levels_um", tuple(float(v) for v in self.levels_um))
+        if not isinstance(self.roll_starts, str):
+            object.__setattr__(self, "roll_starts", tuple(float(v) for v in self.roll_starts))
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The settings, a user-supplied reference recorded as such."""
+        return super().parameters | {"reference": None if self.reference is None else "user"}
 
     def outputs(self, scans: list[ScanRef]) -> list[Output]:
         """Every week of one tibia, baseline (earliest week) first."""
@@ -104,9 +102,12 @@ class Register(Stage):
                 spacing_um = fixed.attrs["bonemet"].get("registration", {})
                 if spacing_um.get("output_spacing_um"):
                     fixed = fixed.assign_attrs(voxel_size_um=spacing_um["output_spacing_um"])
-            options = {k: v for k, v in self.parameters.items()
-                       if k not in ("reference", "slices_per_shard")}  # fmt: skip
-            plan = plan_registration(moving, fixed, reference=self.reference, **options)
+            plan = plan_registration(
+                moving, fixed, reference=self.reference, threshold=self.threshold,
+                levels_um=self.levels_um, roll_starts=self.roll_starts,
+                keep_starts=self.keep_starts, min_metric=self.min_metric,
+                max_evals=self.max_evals,
+            )  # fmt: skip
             (search,) = context.compute(plan.search)
             result = finish(plan, search)
             transform, shape, spacing = result.transform, result.shape, result.spacing_um
@@ -116,7 +117,7 @@ class Register(Stage):
             shape,
             "uint8",
             voxel_size_um=list(spacing),
-            slices_per_shard=self.parameters["slices_per_shard"],
+            slices_per_shard=self.slices_per_shard,
         )
         registered = resample(moving, transform, shape=shape, spacing=spacing,
                               chunks=(layout.slices_per_shard, *layout.shape[1:]))  # fmt: skip
@@ -140,49 +141,26 @@ class Register(Stage):
         return outcome.details.get("flag") or super().note(outcome)
 
 
-def register_store(
-    store: Any,
-    out: Any = None,
-    *,
-    mice: Any = None,
-    weeks: Any = None,
-    sides: Any = None,
-    slices_per_shard: int | None = None,
-    overwrite: bool = False,
-    storage_options: dict | None = None,
-    client: Any = None,
-    concurrency: int | None = None,
-    compute: bool = True,
-    progress: Any = None,
-    **options: Any,
-) -> StageReport:
+def register_store(store: Any, out: Any = None, **options: Any) -> StageReport:
     """Register every selected ``seg_ct`` tibia into ``regist_ct`` groups.
 
     Parameters
     ----------
-    store, out : str, os.PathLike or zarr Store
-        Store holding ``seg_ct`` groups (read from ``out`` first); where to write (default
-        ``store``).
-    mice, weeks, sides : optional
-        Selection.  A later week whose baseline week is not selected is registered against the
-        baseline's ``regist_ct`` group already in ``out``.
-    slices_per_shard : int, optional
-        Slices per shard (= per writing task).
-    overwrite, storage_options, client, concurrency, compute, progress
-        See :func:`~bonemet_dask.ops.engine.run_stage`.  Without ``overwrite``, converted
-        (published) ``regist_ct`` groups are refused, not replaced.
+    store : str, os.PathLike or zarr Store
+        Store holding ``seg_ct`` groups (read from ``out`` first).
+    out : str, os.PathLike or zarr Store, optional
+        Where the registered tibiae go (default ``store``).
     **options
-        Passed to :func:`bonemet_dask.register` (``threshold``, ``levels_um``, ``reference``,
-        ``roll_starts``, ``min_metric``...).
+        ``mice``, ``weeks`` and ``sides`` (a later week whose baseline week is not selected is
+        registered against the baseline's ``regist_ct`` group already in ``out``); the settings
+        of :class:`Register` (``threshold``, ``roll_starts``, ``levels_um``, ``keep_starts``,
+        ``min_metric``, ``max_evals``, ``reference``, ``slices_per_shard``: see
+        :func:`bonemet_dask.register`); the engine's (``overwrite``, ``client``,
+        ``concurrency``, ``compute``, ``storage_options``, ``progress``).
 
     Returns
     -------
     StageReport
         Outputs whose quality flag failed are written and listed in ``flagged``.
     """
-    stage = Register(slices_per_shard=slices_per_shard, **options)
-    return run_stage(
-        stage, store, out, selection=Selection.of(mice=mice, weeks=weeks, sides=sides),
-        overwrite=overwrite, storage_options=storage_options, client=client,
-        concurrency=concurrency, compute=compute, progress=progress,
-    )  # fmt: skip
+    return run_declared(Register, store, out, **options)

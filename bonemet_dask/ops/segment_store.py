@@ -10,16 +10,16 @@ writes one shard of both arrays, then its done-marker (:mod:`bonemet_dask.ops.en
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bonemet_dask.io.scans import ScanRef
 from bonemet_dask.io.store import ImageLayout, read_ome_scale
-from bonemet_dask.ops.engine import UnitContext, run_stage
+from bonemet_dask.ops.engine import UnitContext, run_declared
 from bonemet_dask.ops.segment import SIDES_BY_X, SegmentationError, segment_tibiae
-from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport
-from bonemet_dask.selection import Selection
+from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport, setting
 
 __all__ = ["MASK_ATTRIBUTES", "Segment", "segment_store"]
 
@@ -27,31 +27,20 @@ MASK_ATTRIBUTES = {"bonemet": {"kind": "mask", "values": {"0": "other", "1": "bo
 """Attributes of the ``mask`` array of a ``seg_ct`` group."""
 
 
-class Segment(Stage):
+@dataclass(frozen=True, kw_only=True)
+class Segment(Stage, name="segment", reads="recon_ct", writes="seg_ct"):
     """Crop both tibiae (fibula kept, cut below the knee) with their bone masks."""
 
-    name = "segment"
-    reads = "recon_ct"
-    writes = "seg_ct"
-    produced_by = (
-        "reconstruct the projections (bonemet-dask reconstruct STORE) or convert the published "
-        "Recon-CT (bonemet-dask convert SRC STORE --components recon_ct)"
-    )
+    threshold: int = setting(75, "Bone threshold, grey levels 1..255.")
+    margin_um: float = setting(300.0, "Margin around each tibia's box, micrometres.")
+    binning: int = setting(4, "Bin edge (voxels) of the copy the bones are found on.")
 
-    def __init__(
-        self,
-        *,
-        threshold: int = 75,
-        margin_um: float = 300.0,
-        binning: int = 4,
-        slices_per_shard: int | None = None,
-    ) -> None:
-        if isinstance(threshold, bool) or not 1 <= int(threshold) <= 255:
-            raise ValueError(f"threshold={threshold!r} must be a grey level in 1..255, e.g. 75")
-        if not float(margin_um) >= 0:
-            raise ValueError(f"margin_um={margin_um!r} must be >= 0 micrometres")
-        super().__init__(threshold=int(threshold), margin_um=float(margin_um),
-                         binning=int(binning), slices_per_shard=slices_per_shard)  # fmt: skip
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.threshold, bool) or not 1 <= int(self.threshold) <= 255:
+            raise ValueError(f"threshold={self.threshold!r} must be a grey level in 1..255")
+        if not float(self.margin_um) >= 0:
+            raise ValueError(f"margin_um={self.margin_um!r} must be >= 0 micrometres")
 
     def outputs(self, scans: list[ScanRef]) -> list[Output]:
         """A left and a right tibia per hindlimb volume."""
@@ -74,7 +63,7 @@ class Segment(Stage):
             crop.shape,
             "uint8",
             voxel_size_um=scale,
-            slices_per_shard=self.parameters["slices_per_shard"],
+            slices_per_shard=self.slices_per_shard,
         )
         attrs = dict(crop.attrs["bonemet"])
         attrs["provenance"] = {"operation": attrs["provenance"]["operation"]}
@@ -88,42 +77,28 @@ class Segment(Stage):
     def _segment(self, scan: ScanRef, context: UnitContext) -> Any:
         image = context.open(scan)["image"]
         scale = read_ome_scale(context.roots.root(scan.where)[scan.path]) or (1.0, 1.0, 1.0)
-        parameters = {k: self.parameters[k] for k in ("threshold", "margin_um", "binning")}
         try:
-            return segment_tibiae(image, voxel_size_um=scale[2], **parameters)
+            return segment_tibiae(image, int(self.threshold), margin_um=self.margin_um,
+                                  binning=self.binning, voxel_size_um=scale[2])  # fmt: skip
         except SegmentationError as err:
             return StageFailure(str(err))
 
 
-def segment_store(
-    store: Any,
-    out: Any = None,
-    *,
-    mice: Any = None,
-    weeks: Any = None,
-    threshold: int = 75,
-    margin_um: float = 300.0,
-    binning: int = 4,
-    slices_per_shard: int | None = None,
-    **run_options: Any,
-) -> StageReport:
+def segment_store(store: Any, out: Any = None, **options: Any) -> StageReport:
     """Segment every selected ``recon_ct/{mouse}/both/week{k}`` scan into ``seg_ct`` groups.
 
     Parameters
     ----------
-    store, out : str, os.PathLike or zarr Store
-        Store holding hindlimb reconstructions (read from ``out`` first); where to write
-        ``seg_ct/{mouse}/{left,right}/week{k}`` (default ``store``).
-    mice, weeks : optional
-        Selection (:class:`~bonemet_dask.selection.Selection` rules).
-    threshold, margin_um, binning : optional
-        As in :func:`~bonemet_dask.ops.segment.segment_tibiae`.
-    slices_per_shard : int, optional
-        Slices per shard (= per writing task).
-    **run_options
-        ``overwrite``, ``client``, ``concurrency``, ``compute``, ``storage_options``,
-        ``progress``: see :func:`~bonemet_dask.ops.engine.run_stage`.  Without
-        ``overwrite``, groups of the published Seg-CT are refused, not replaced.
+    store : str, os.PathLike or zarr Store
+        Store holding hindlimb reconstructions (read from ``out`` first).
+    out : str, os.PathLike or zarr Store, optional
+        Where ``seg_ct/{mouse}/{left,right}/week{k}`` go (default ``store``).
+    **options
+        ``mice`` and ``weeks``; the settings of :class:`Segment` (``threshold``, ``margin_um``,
+        ``binning``, ``slices_per_shard``, as in
+        :func:`~bonemet_dask.ops.segment.segment_tibiae`); the engine's (``overwrite``,
+        ``client``, ``concurrency``, ``compute``, ``storage_options``, ``progress``).
+        Without ``overwrite``, groups of the published Seg-CT are refused, not replaced.
 
     Returns
     -------
@@ -131,7 +106,4 @@ def segment_store(
         Scans that cannot be segmented (one leg, no bone) are ``failed`` with the reason; the
         run goes on.
     """
-    stage = Segment(threshold=threshold, margin_um=margin_um, binning=binning,
-                    slices_per_shard=slices_per_shard)  # fmt: skip
-    selection = Selection.of(mice=mice, weeks=weeks)
-    return run_stage(stage, store, out, selection=selection, **run_options)
+    return run_declared(Segment, store, out, **options)

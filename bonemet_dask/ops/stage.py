@@ -16,7 +16,8 @@ one writer per shard, provenance, the group status and the :class:`StageReport`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import numpy as np
@@ -30,7 +31,16 @@ if TYPE_CHECKING:
     from bonemet_dask.io.store import ImageLayout
     from bonemet_dask.ops.engine import UnitContext
 
-__all__ = ["OUTCOMES", "Outcome", "Output", "Product", "Stage", "StageFailure", "StageReport"]
+__all__ = [
+    "OUTCOMES",
+    "Outcome",
+    "Output",
+    "Product",
+    "Stage",
+    "StageFailure",
+    "StageReport",
+    "setting",
+]
 
 OUTCOMES: Final = ("written", "resumed", "up to date", "refused", "failed", "quarantined")
 """What became of one output group: written whole, finished after an interrupted run, already
@@ -204,29 +214,58 @@ class StageReport:
         self.max_graph_tasks = max(self.max_graph_tasks, other.max_graph_tasks)
 
 
-class Stage:
-    """A store stage, declared; :func:`bonemet_dask.ops.engine.run_stage` does the rest.
+PRODUCERS: Final = {
+    "rotation_xray": "convert the projections (bonemet-dask convert SRC STORE --components "
+    "rotation_xray)",
+    "recon_ct": "reconstruct the projections (bonemet-dask reconstruct STORE) or convert the "
+    "published Recon-CT (bonemet-dask convert SRC STORE --components recon_ct)",
+    "seg_ct": "segment the reconstructions (bonemet-dask segment STORE) or convert the published "
+    "Seg-CT (bonemet-dask convert SRC STORE --components seg_ct)",
+    "regist_ct": "register the tibiae (bonemet-dask register STORE) or convert the published "
+    "Regist-CT (bonemet-dask convert SRC STORE --components regist_ct)",
+}
+"""What makes each input component, for the error when a store holds none of it."""
 
-    Subclasses set ``name``, ``reads``, ``writes`` and implement :meth:`outputs` (default: one
-    output per input scan) and :meth:`build`.
 
-    Class attributes
-    ----------------
-    name : str
-        Stage name: provenance, task names (``segment-write``), messages.
-    reads, writes : str
-        Input and output components.
-    per_tibia : bool
-        A unit is every week of one (mouse, side) instead of one input scan.
-    chained : bool
-        Outputs of a unit are written one after the other (a later one reads an earlier one).
-    produced_by : str
-        The command that makes this stage's input, for the message when there is none.
+def setting(
+    default: Any, help: str, *, cli: str | bool | None = None, fingerprint: bool = True
+) -> Any:
+    """A stage setting: a dataclass field that carries its CLI option and help text.
 
     Parameters
     ----------
-    **parameters
-        The stage's settings; JSON-able, part of every output's fingerprint and provenance.
+    default : Any
+        Default value.
+    help : str
+        One line for ``--help`` and the docs.
+    cli : str or bool, optional
+        The option's spelling (default ``--field-name``); False keeps it off the CLI (Python
+        objects, lists).
+    fingerprint : bool
+        Part of every output's fingerprint (False for settings that change no voxel: where a
+        CSV goes, which backend computes).
+    """
+    metadata = {"help": help, "cli": cli, "fingerprint": fingerprint}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """A store stage, declared; :func:`bonemet_dask.ops.engine.run_stage` does the rest.
+
+    A subclass is a frozen dataclass whose fields are its settings (:func:`setting`); its
+    class keywords say what it is, e.g.
+    ``class Register(Stage, name="register", reads="seg_ct", writes="regist_ct",
+    per_tibia=True, chained=True)``:
+
+    * ``name``: provenance, task names (``segment-write``), messages;
+    * ``reads`` / ``writes``: the input and output components;
+    * ``per_tibia``: a unit is every week of one (mouse, side), not one input scan;
+    * ``chained``: a unit's outputs are written one after the other (a later one reads an
+      earlier one);
+
+    and it implements :meth:`build` (and :meth:`outputs` when one input does not give one
+    output of the same keys).
     """
 
     name: ClassVar[str]
@@ -234,10 +273,51 @@ class Stage:
     writes: ClassVar[str]
     per_tibia: ClassVar[bool] = False
     chained: ClassVar[bool] = False
-    produced_by: ClassVar[str] = ""
 
-    def __init__(self, **parameters: Any) -> None:
-        self.parameters = parameters
+    def __init_subclass__(
+        cls, *, name: str, reads: str, writes: str, per_tibia: bool = False,
+        chained: bool = False, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.reads, cls.writes = name, reads, writes
+        cls.per_tibia, cls.chained = per_tibia, chained
+
+    def __post_init__(self) -> None:
+        """Hold numbers as their declared type.
+
+        ``threshold=75`` and ``75.0`` are one setting with one fingerprint: the CLI and Python
+        must not disagree on whether a group is up to date.
+        """
+        hints = typing.get_type_hints(type(self))
+        for item in fields(self):
+            value, kind = getattr(self, item.name), hints.get(item.name)
+            if kind in (int, float) and isinstance(value, int | float | np.number):
+                if isinstance(value, bool) or (kind is int and value != int(value)):
+                    raise ValueError(f"{item.name}={value!r} must be a whole number")
+                object.__setattr__(self, item.name, kind(value))
+
+    @property
+    def produced_by(self) -> str:
+        """How a user makes this stage's input, for the message when a store has none."""
+        return PRODUCERS[self.reads]
+
+    slices_per_shard: int | None = setting(
+        None, "Slices per shard = per writing task (default: 64, more for small images)."
+    )
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The fingerprinted settings, JSON-able (recorded in every output's provenance)."""
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in fields(self)
+            if f.metadata.get("fingerprint", True)
+        }
+
+    @classmethod
+    def cli_defaults(cls, store: Any, out: Any) -> dict[str, Any]:
+        """Settings the CLI fills in from the stores when the user left them out (default none)."""
+        return {}
 
     def unit_key(self, scan: ScanRef) -> tuple:
         """Which unit an input scan belongs to."""
@@ -266,6 +346,10 @@ class Stage:
     def note(self, outcome: Outcome) -> str:
         """One line of details for the CLI's table (default: the reason a group was not made)."""
         return "" if outcome.done else outcome.reason
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def plain(value: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +28,7 @@ from bonemet_dask.io.store import (
 )
 from bonemet_dask.kernels.slab import SlabDecodeError, decode_slab, slab_digests
 from bonemet_dask.ops.convert import ShardTask, read_files, selected_catalog, shard_tasks
+from bonemet_dask.selection import Selection
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +88,12 @@ def verify(
     source: str | os.PathLike | Catalog,
     store: Any,
     *,
-    components: Sequence[str] | str | None = None,
-    mice: Sequence[str] | str | None = None,
-    weeks: Sequence[int] | int | None = None,
-    sides: Sequence[str] | str | None = None,
+    selection: Selection | None = None,
     client: Any = None,
     storage_options: dict | None = None,
     source_storage_options: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
+    **selectors: Any,
 ) -> VerifyReport:
     """Check that every convertible stack of ``source`` is in ``store``, slice for slice.
 
@@ -102,8 +101,10 @@ def verify(
 
     Parameters
     ----------
-    source, store, components, mice, weeks, sides, client, progress
+    source, store, selection, client, progress
         As for :func:`bonemet_dask.ops.convert.convert`.
+    **selectors
+        ``components``, ``mice``, ``weeks``, ``sides``, narrowing ``selection``.
     storage_options, source_storage_options : dict, optional
         fsspec options for ``store`` and ``source``.
 
@@ -112,9 +113,7 @@ def verify(
     VerifyReport
     """
     started = time.perf_counter()
-    _, catalog = selected_catalog(
-        source, source_storage_options, components=components, mice=mice, weeks=weeks, sides=sides
-    )
+    _, catalog = selected_catalog(source, source_storage_options, selection, **selectors)
     root = open_root(store, mode="r", storage_options=storage_options)
     report = VerifyReport(store=str(store))
     tasks: list[ShardTask] = []

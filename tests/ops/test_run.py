@@ -30,15 +30,11 @@ from bonemet_dask.synth import SynthConfig, generate
 SMALL = SynthConfig(
     mice=1, weeks=2, size="small", seed=11, components=("rotation_xray", "recon_ct")
 )
-TINY = SynthConfig(mice=1, weeks=2, size="tiny", seed=0)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    generate(str(root / "src"), TINY)
-    convert(str(root / "src"), str(root / "published.zarr"))
-    return root
+@pytest.fixture
+def tiny(tiny_published):
+    return tiny_published
 
 
 @pytest.mark.slow
