@@ -1,13 +1,17 @@
 """Task names of one FDK reconstruction graph, as the Dask dashboard shows them.
 
-Run: ``.venv/bin/python benchmarks/task_names.py [--size tiny|small] [--json] [--compute]``
+Run: ``.venv/bin/python benchmarks/task_names.py [--size tiny|small] [--json] [--compute]
+[--stage]``
 
 Generates one synthetic scan (``rotation_xray`` only), converts it to a store, opens it the way
 the store stage does (projections chunked as the Zarr inner chunks, ``(8, 128, n_cols)``) and
 builds, without computing, the reconstruction graph with 64-slice slabs.  Prints the task count
 per :func:`dask.utils.key_split` name of the materialised graph, the input's own read tasks
 included.  ``--compute`` also times ``.compute()`` with the threaded scheduler (best of
-``--repeat`` runs, after one warm-up that compiles the numba kernels).
+``--repeat`` runs, after one warm-up that compiles the numba kernels).  ``--stage`` counts the
+whole ``reconstruct`` stage instead, as the dashboard shows it during ``run``: the graph that
+``reconstruct_store(..., compute=False)`` returns (reads, FDK, grey window, one write per
+shard, the finish task).
 """
 
 from __future__ import annotations
@@ -41,13 +45,36 @@ def scan_projections(workdir: Path, size: str) -> xr.DataArray:
     return node.dataset["image"].assign_attrs(bonemet=dict(node.dataset.attrs))
 
 
+def stage_graph(workdir: Path, size: str, as_json: bool) -> None:
+    """Task names of the reconstruct stage's whole graph for the synthetic scan."""
+    from bonemet_dask.ops.reconstruct_store import reconstruct_store
+
+    scan_projections(workdir, size)
+    pending = reconstruct_store(str(workdir / "store.zarr"), str(workdir / "out.zarr"),
+                                slices_per_shard=64, compute=False)  # fmt: skip
+    graph = dict(pending.__dask_graph__())
+    counts = Counter(key_split(key) for key in graph)
+    if as_json:
+        print(json.dumps({"size": size, "tasks": dict(counts.most_common()), "total": len(graph)}))
+        return
+    width = max(len(name) for name in counts)
+    for name, n in counts.most_common():
+        print(f"{name:<{width}}  {n:>6}")
+    print(f"{'total':<{width}}  {len(graph):>6}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("tiny", "small"), default="small")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     parser.add_argument("--compute", action="store_true", help="also time .compute()")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs with --compute")
+    parser.add_argument("--stage", action="store_true", help="the whole reconstruct stage")
     args = parser.parse_args()
+    if args.stage:
+        with tempfile.TemporaryDirectory() as tmp:
+            stage_graph(Path(tmp), args.size, args.json)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         projections = scan_projections(Path(tmp), args.size)
         volume = reconstruct(projections, slab_slices=64)

@@ -16,6 +16,7 @@ from typing import Any, Final
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from bonemet_dask._backend import meta_like
 from bonemet_dask.config import memory_budget_bytes
@@ -165,6 +166,7 @@ def affine_resample(
             dtype=dtype,
             chunks=tuple((n,) for n in shape),
             meta=meta,
+            name=f"resample-{tokenize(piece.name, matrix, offset, start, shape, order, cval)}",
         )
     return da.block(blocks.tolist())
 
