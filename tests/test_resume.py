@@ -10,6 +10,7 @@ output has many shards and a kill lands inside a group.
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,19 +70,30 @@ def started(out) -> bool:
     return any(out.glob("*/*/*/*/zarr.json"))
 
 
-def run_killed(args: list[str], out, point: int) -> None:
-    """Run the CLI in a subprocess and SIGKILL it once ``point`` shards are on disk."""
+def run_killed(args: list[str], out, point: int) -> int:
+    """Run the CLI in a subprocess and SIGKILL it once ``point`` shards are on disk.
+
+    On a loaded machine the last shards can all land between two polls; then the run is
+    repeated from scratch with the kill point halved (the seeded point is where it aims).
+    Returns the shards on disk after the kill.
+    """
     env = os.environ | {"PYTHONHASHSEED": "0"}
     cmd = [sys.executable, "-m", "bonemet_dask.cli", *args]
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if started(out) and markers(out) >= point:
-            break
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate()
-    assert process.returncode == -signal.SIGKILL, f"finished before the kill: {err.decode()}"
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if started(out) and markers(out) >= point:
+                break
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+        _, err = process.communicate()
+        if process.returncode == -signal.SIGKILL:
+            return markers(out)
+        point //= 2
+    raise AssertionError(f"finished before every kill: {err.decode()}")
 
 
 def run_whole(args: list[str]) -> None:
@@ -100,8 +112,8 @@ def test_kill_and_rerun_equals_an_uninterrupted_run(published, stage, same_store
     for point in points:
         out = published / f"{stage}-killed-{point}.zarr"
         cmd = command(stage, published, out)
-        run_killed(cmd, out, point)
-        assert markers(out) < total  # the kill interrupted it
+        on_disk = run_killed(cmd, out, point)
+        assert on_disk < total  # the kill interrupted it
         run_whole(cmd)
         same_store(reference, out)
         if stage in ("composite", "run"):  # the metrics table too
