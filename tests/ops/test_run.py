@@ -148,8 +148,8 @@ def test_planning_10000_scan_records_builds_no_graph():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(mice) == 2000 and all(isinstance(m, str) for m in mice)
-    assert peak < 2 * 2**20  # measured 0.2 MB: ids, no graph, no per-scan object kept
-    assert seconds < 5  # measured 0.1 s
+    assert peak < 4 * 2**20  # measured 0.74 MiB: ids only, no graph, no per-scan object kept
+    assert seconds < 5  # measured 0.01 s (under tracemalloc)
     assert plan_run(catalog, Selection.of(mice="1007,1999", weeks=4)) == ["1007", "1999"]
 
 
