@@ -87,7 +87,7 @@ def measure(client, workdir: Path, mice: int, concurrency: int, until: str) -> d
     client.run_on_scheduler(_state)  # reset
     started = time.perf_counter()
     report = bm.run(str(src), str(workdir / f"store-{mice}.zarr"), start="recon_ct", until=until,
-                    options={"composite": {"count": 5}}, client=client,  # 300 at full size
+                    client=client,
                     concurrency=concurrency, progress=memory)  # fmt: skip
     seconds = time.perf_counter() - started
     peak, largest = client.run_on_scheduler(_state)

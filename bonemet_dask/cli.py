@@ -542,7 +542,9 @@ def run_chain(
         str, typer.Option("--filter", help="FDK ramp window: ramlak, shepp-logan, hamming...")
     ] = "hamming",
     roll_starts: Annotated[str, typer.Option(help="'full' or 'bonemet' roll starts.")] = "full",
-    count: Annotated[int, typer.Option(help="RoI length in slices.", min=1)] = 300,
+    length_um: Annotated[
+        float, typer.Option(help="RoI length below the junction, micrometres (BoneMet: 3000).")
+    ] = 3000.0,
     csv: Annotated[
         str | None, typer.Option(help="Metrics CSV (default: beside a local STORE).")
     ] = None,
@@ -568,7 +570,7 @@ def run_chain(
         "reconstruct": {"filter": filter_, **shard},
         "segment": {"threshold": threshold, **shard},
         "register": {"threshold": threshold, "roll_starts": roll_starts, **shard},
-        "composite": {"threshold": threshold, "count": count, **shard},
+        "composite": {"threshold": threshold, "length_um": length_um, **shard},
     }
     with _user_errors(), _client(cluster) as client, _stage_progress() as update:
         result = run(src, store, selection=selection, start=start, until=until,

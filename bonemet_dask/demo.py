@@ -70,12 +70,11 @@ def run_demo(
         catalog = scan_source(str(source))
         for table in catalog_tables(catalog):
             console.print(table)
-        roi_slices = max(1, round(300 * config.linear_scale))  # 300 at full size
         console.rule("run: raw projections -> FDK -> segment -> register -> composite")
         with stage_progress() as update:
             result = run(
-                catalog, str(store), options={"composite": {"count": roi_slices}},
-                metrics_csv=paths["metrics CSV"], client=client, progress=update,
+                catalog, str(store), metrics_csv=paths["metrics CSV"], client=client,
+                progress=update,
             )  # fmt: skip
         _run_table(result, console)
         with progress("verify projections against the source") as update:

@@ -40,7 +40,7 @@ def command(stage: str, root, out) -> list[str]:
         "reconstruct": ["reconstruct", store, "--out", str(out)],
         "segment": ["segment", store, "--out", str(out)],
         "register": ["register", store, "--out", str(out), "--roll-starts", "bonemet"],
-        "composite": ["composite", store, "--out", str(out), "--count", "5", "--csv", f"{out}.csv"],
+        "composite": ["composite", store, "--out", str(out), "--csv", f"{out}.csv"],
         "run": [
             "run",
             str(root / "src"),
@@ -49,8 +49,6 @@ def command(stage: str, root, out) -> list[str]:
             "recon_ct",
             "--cluster",
             "none",
-            "--count",
-            "5",
             "--roll-starts",
             "bonemet",
             "--csv",

@@ -25,7 +25,7 @@ from bonemet_dask.ops.composite import COMPOSITE_LEGEND, composite, voxel_size_u
 from bonemet_dask.ops.convert import default_slices_per_shard
 from bonemet_dask.ops.engine import UnitContext, run_declared
 from bonemet_dask.ops.metrics import SCAN_METRICS, bone_metrics, write_metrics_csv
-from bonemet_dask.ops.roi import crop_roi, find_tf_junction
+from bonemet_dask.ops.roi import ROI_LENGTH_UM, crop_roi, find_tf_junction
 from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport, setting
 
 if TYPE_CHECKING:
@@ -51,14 +51,14 @@ BASELINE_WEEK = 0
 class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per_tibia=True):
     """Composite of each week against week 0, cropped to the RoI below the junction; metrics.
 
-    180 kept, 240 formed, 60 resorbed; the RoI is ``count`` slices below the tibia-fibula
-    junction found on week 0, fibula removed; per-scan metrics go to a CSV joined with
-    MiceMediRec.
+    180 kept, 240 formed, 60 resorbed; the RoI is a length below the tibia-fibula junction
+    found on week 0 (BoneMet: 300 slices of 10 um), fibula removed; per-scan metrics go to a
+    CSV joined with MiceMediRec.
     """
 
     threshold: float = setting(75.0, "Bone threshold (grey level) of both scans.")
-    offset: int = setting(0, "RoI start, slices below the junction.")
-    count: int = setting(300, "RoI length in slices.")
+    length_um: float = setting(ROI_LENGTH_UM, "RoI length below the junction, micrometres.")
+    offset_um: float = setting(0.0, "RoI start below the junction, micrometres.")
     remove_fibula: bool = setting(True, "Remove the fibula.", cli="--remove-fibula/--keep-fibula")
     metrics_csv: str | None = setting(  # where the table goes changes no group
         None, "Metrics CSV joined with MiceMediRec (CLI default: beside a local OUT).",
@@ -67,8 +67,8 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if int(self.count) < 1:
-            raise ValueError(f"count={self.count!r} must be >= 1 slices")
+        if not self.length_um > 0:
+            raise ValueError(f"length_um={self.length_um!r} must be > 0 micrometres")
 
     @classmethod
     def cli_defaults(cls, store: Any, out: Any) -> dict[str, Any]:
@@ -103,16 +103,14 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
         junction = context.memo[key]
         if isinstance(junction, StageFailure):
             raise junction
-        n = min(self.count, baseline.shape[0])
         try:
             comp = crop_roi(
-                composite(baseline, followup, threshold), junction,
-                offset=self.offset, count=n, remove_fibula=self.remove_fibula,
-                kind="composite",
+                composite(baseline, followup, threshold), junction, length_um=self.length_um,
+                offset_um=self.offset_um, remove_fibula=self.remove_fibula, kind="composite",
             )  # fmt: skip
         except ValueError as err:
-            raise StageFailure(str(err)) from None
-        first = comp.attrs["roi"]["first_slice"]
+            raise StageFailure(f"{base_scan.path}: {err}") from None
+        first, n = comp.attrs["roi"]["first_slice"], comp.attrs["roi"]["count"]
         grey = followup.isel(slice=slice(first, first + n))
         scale = voxel_size_um(baseline)
         sps = self.slices_per_shard or default_slices_per_shard("ct", comp.shape, "uint8")
@@ -128,7 +126,12 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
             "junction_slice": junction.slice,
             "junction_confidence": junction.confidence,
             "junction_ambiguous": junction.ambiguous,
-            "roi": {"offset": self.offset, "count": n, "first_regist_slice": first},
+            "roi": {
+                "length_um": self.length_um,
+                "offset_um": self.offset_um,
+                "count": n,
+                "first_regist_slice": first,
+            },
             "arrays": {"0": "composite", GREYSCALE_ARRAY: "registered greyscale, fibula kept"},
         }
         return Product(
@@ -211,8 +214,8 @@ def composite_store(store: Any, out: Any = None, **options: Any) -> StageReport:
         Where the RoIs go (default ``store``).
     **options
         ``mice``, ``weeks`` (of the follow-ups; week 0 is always read as the baseline) and
-        ``sides``; the settings of :class:`Composite` (``threshold``, ``offset`` and ``count``:
-        the RoI's start relative to the junction and its length in slices, BoneMet 0 and 300;
+        ``sides``; the settings of :class:`Composite` (``threshold``, ``length_um`` and
+        ``offset_um``: the RoI's length and start below the junction, BoneMet 3000 and 0;
         ``remove_fibula``; ``metrics_csv``: also write the metrics there, joined with
         MiceMediRec; ``slices_per_shard``); the engine's (``overwrite``, ``client``,
         ``concurrency``, ``compute``, ``storage_options``, ``progress``).

@@ -28,6 +28,8 @@ JUNCTION_BIN_UM: Final = 30.0
 """Automatic in-plane binning of the junction search: the largest factor whose binned pixel
 stays within this size (3x at BoneMet's 10 um; none at 40 um and coarser)."""
 KINDS: Final = ("auto", "composite", "greyscale")
+ROI_LENGTH_UM: Final = 300 * 10.0
+"""BoneMet's RoI: 300 slices of its 10 um Regist-CT, a 3 mm length below the junction."""
 
 
 @dataclass(frozen=True)
@@ -191,12 +193,19 @@ def volume_kind(volume: xr.DataArray, kind: str = "auto") -> str:
     )
 
 
+def roi_slices(length_um: float, offset_um: float, slice_um: float) -> tuple[int, int]:
+    """A RoI's length and offset in slices of ``slice_um`` micrometres: ``(count, offset)``."""
+    if not length_um > 0 or not slice_um > 0:
+        raise ValueError(f"length_um={length_um!r} and the slice size {slice_um!r} must be > 0")
+    return max(1, round(length_um / slice_um)), round(offset_um / slice_um)
+
+
 def crop_roi(
     volume: xr.DataArray,
     junction: int | Junction,
     *,
-    offset: int = 0,
-    count: int = 300,
+    length_um: float = ROI_LENGTH_UM,
+    offset_um: float = 0.0,
     remove_fibula: bool = True,
     threshold: float = 75,
     kind: str = "auto",
@@ -210,11 +219,11 @@ def crop_roi(
         Registered greyscale tibia or a composite, dims ``(slice, y, x)``, slice 0 proximal.
     junction : int or Junction
         Junction slice position (:func:`find_tf_junction`).
-    offset : int, optional
-        First RoI slice relative to the junction (negative: above it).
-    count : int, optional
-        Slices in the RoI (BoneMet: 300).  When the RoI would run past the last slice it is
-        shifted up (with a warning), as the published RoI-CT stacks keep 300 slices.
+    length_um : float, optional
+        Length of the RoI along the slices, micrometres (BoneMet: 300 slices of 10 um), turned
+        into slices at the volume's slice size.
+    offset_um : float, optional
+        Start of the RoI below the junction, micrometres (negative: above it).
     remove_fibula : bool, optional
         Set the fibula's voxels to ``fill``; see :mod:`bonemet_dask.kernels.roi` for the rule.
     threshold : float, optional
@@ -234,26 +243,24 @@ def crop_roi(
     Raises
     ------
     ValueError
-        If the first RoI slice lies outside the volume, or ``count`` exceeds its slices.
+        If the RoI does not fit below the junction: the message gives the lengths in slices
+        and micrometres (never a silent shift, which would move the RoI towards the knee).
     """
     volume = _as_dataarray(volume, "volume")
     kind = volume_kind(volume, kind)
     n = volume.shape[0]
     j = int(junction)
-    if count < 1 or count > n:
-        raise ValueError(f"count={count} must be within 1..{n} (the volume's slices)")
-    start = j + int(offset)
-    if not 0 <= start < n:
+    slice_um = voxel_size_um(volume)[0]
+    count, offset = roi_slices(length_um, offset_um, slice_um)
+    start = j + offset
+    if start < 0 or start + count > n:
+        below = max(0, n - start) * slice_um
         raise ValueError(
-            f"junction + offset = {j} + {offset} = {start} is outside the volume's 0..{n - 1} "
-            "slices; check the junction or pass a smaller offset"
+            f"a RoI of length_um={length_um:g} ({count} slices of {slice_um:g} um) from slice "
+            f"{start} (junction {j} + offset {offset}) does not fit in the volume's {n} slices: "
+            f"{below:g} um lie below its start; pass a shorter length_um or offset_um, or "
+            "check the junction"
         )
-    if start + count > n:
-        logger.warning(
-            "RoI of %d slices from slice %d runs past slice %d: shifted up to start at %d",
-            count, start, n - 1, n - count,
-        )  # fmt: skip
-        start = n - count
     roi = volume.isel({volume.dims[0]: slice(start, start + count)})
     data = roi.data if isinstance(roi.data, da.Array) else da.from_array(roi.data)
     data = _slab_chunks(data)
@@ -279,6 +286,8 @@ def crop_roi(
         "junction": junction.to_dict() if isinstance(junction, Junction) else None,
         "offset": int(offset),
         "count": int(count),
+        "length_um": float(length_um),
+        "offset_um": float(offset_um),
         "first_slice": int(start),
         "remove_fibula": bool(remove_fibula),
         "kind": kind,

@@ -164,7 +164,8 @@ def run(
     until : {"convert", "reconstruct", "segment", "register", "composite"}
         Last stage to run.
     options : dict, optional
-        Per-stage settings, e.g. ``{"segment": {"threshold": 75}, "composite": {"count": 19}}``
+        Per-stage settings, e.g. ``{"segment": {"threshold": 75}, "register": {"roll_starts":
+        "bonemet"}}``
         (the keyword arguments of :class:`~bonemet_dask.ops.reconstruct_store.Reconstruct`,
         ``Segment``, ``Register``, ``Composite``; ``"convert"``: those of
         :func:`~bonemet_dask.ops.convert.convert`).

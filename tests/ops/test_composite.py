@@ -2,7 +2,6 @@
 
 import glob
 import json
-import logging
 
 import dask.array as da
 import imagecodecs
@@ -131,24 +130,28 @@ def test_crop_removes_the_fibula_like_the_published_roi(phantoms):
     """The week-0 RoI keeps the phantom's fibula-free bone volume (within 3%)."""
     for _seed, _mouse, _side, volume, truth in phantoms[:4]:
         start, n = truth["first_regist_slice"], truth["n_slices"]
-        roi = bm.crop_roi(bm.composite(volume, volume), start, count=n).compute()
+        length = n * float(volume.y[1])  # micrometres: n slices of the volume's voxel size
+        roi = bm.crop_roi(bm.composite(volume, volume), start, length_um=length).compute()
         assert roi.shape[0] == n and int(roi.slice[0]) == start
         kept = float((roi.values == 180).sum()) * (float(volume.y[1]) * 1e-3) ** 3
         assert kept == pytest.approx(truth["baseline_bone_mm3"], rel=0.03)
-        with_fibula = bm.crop_roi(bm.composite(volume, volume), start, count=n, remove_fibula=False)
+        with_fibula = bm.crop_roi(
+            bm.composite(volume, volume), start, length_um=length, remove_fibula=False
+        )
         assert int((with_fibula.values == 180).sum()) > int((roi.values == 180).sum())
 
 
-def test_crop_shifts_up_and_refuses_bad_ranges(pair, caplog):
+def test_roi_is_a_physical_length_and_refuses_what_does_not_fit(pair):
     base, _ = pair
-    volume = _volume(base)
-    with caplog.at_level(logging.WARNING, logger="bonemet_dask"):
-        roi = bm.crop_roi(volume, 20, count=10, remove_fibula=False)
-    assert roi.attrs["roi"]["first_slice"] == 13 and "shifted up" in caplog.text
-    with pytest.raises(ValueError, match="outside the volume"):
-        bm.crop_roi(volume, 30, count=5)
-    with pytest.raises(ValueError, match="count=40"):
-        bm.crop_roi(volume, 0, count=40)
+    volume = _volume(base)  # 23 slices
+    h = float(volume.y[1])
+    roi = bm.crop_roi(volume, 5, length_um=10 * h, offset_um=2 * h, remove_fibula=False)
+    assert roi.shape[0] == 10 and roi.attrs["roi"]["first_slice"] == 7
+    assert bm.crop_roi(volume, 5, length_um=10.4 * h, remove_fibula=False).shape[0] == 10
+    with pytest.raises(ValueError, match=r"does not fit in the volume's 23 slices: .* below"):
+        bm.crop_roi(volume, 20, length_um=10 * h)  # never shifted up towards the knee
+    with pytest.raises(ValueError, match="from slice -3"):
+        bm.crop_roi(volume, 2, length_um=h, offset_um=-5 * h)
 
 
 def test_truth_file_names_the_junction(phantoms):

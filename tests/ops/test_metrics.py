@@ -20,6 +20,8 @@ from bonemet_dask.synth import SynthConfig, generate
 BV_REL = 0.03
 CHANGE_ABS_MM3 = 0.03
 
+H_UM = 160.0  # the small preset's voxel: 35 um camera pixels x 16 / magnification 3.5
+
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
@@ -78,7 +80,8 @@ def test_composite_store_refuses_converted_roi_then_writes(converted, tmp_path):
     assert all("written by convert" in why for _, why in report.skipped)
     csv = tmp_path / "metrics.csv"
     n = _truth(truth, "851", "left", 0)["n_slices"]
-    report = bm.composite_store(store, count=n, overwrite=True, metrics_csv=str(csv))
+    length = n * H_UM
+    report = bm.composite_store(store, length_um=length, overwrite=True, metrics_csv=str(csv))
     assert len(report.written) == 12
     for outcome in report.outcomes:
         _, mouse, side, _ = outcome.path.split("/")
@@ -111,7 +114,7 @@ def test_composite_store_refuses_converted_roi_then_writes(converted, tmp_path):
     for row in injected.itertuples():
         assert truth["mice"][str(row.mouse)]["injected_side"] == row.side
     # a rerun with the same settings is up to date; other settings need overwrite
-    again = bm.composite_store(store, count=n)
+    again = bm.composite_store(store, length_um=length)
     assert not again.written and all(why == "up to date" for _, why in again.skipped)
 
 
@@ -122,7 +125,8 @@ def test_metrics_with_aligned_roi_agree_with_truth(converted):
         t = _truth(truth, mouse, side, week)
         base = tree[f"regist_ct/{mouse}/{side}/week0"].image
         follow = tree[f"regist_ct/{mouse}/{side}/week{week}"].image
-        roi = bm.crop_roi(bm.composite(base, follow), t["first_regist_slice"], count=t["n_slices"])
+        length = t["n_slices"] * H_UM
+        roi = bm.crop_roi(bm.composite(base, follow), t["first_regist_slice"], length_um=length)
         ds = bm.bone_metrics(roi).compute()
         assert float(ds.bone_volume_mm3) == pytest.approx(
             t["kept_mm3"] + t["formed_mm3"], rel=BV_REL
@@ -152,8 +156,8 @@ def test_cli_composite_and_preview(converted, tmp_path):
             "852",
             "--sides",
             "left",
-            "--count",
-            "19",
+            "--length-um",
+            "3040",
             "--overwrite",
             "--csv",
             str(tmp_path / "m.csv"),

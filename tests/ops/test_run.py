@@ -48,17 +48,17 @@ def test_run_equals_the_stages_one_by_one(tmp_path, same_store):
     reconstruct_store(str(by_stage))
     segment_store(str(by_stage))
     register_store(str(by_stage))
-    report = composite_store(str(by_stage), count=19, metrics_csv=str(tmp_path / "stages.csv"))
+    report = composite_store(str(by_stage), metrics_csv=str(tmp_path / "stages.csv"))
     assert len(report.written) == 4  # two tibiae x two weeks, all from our own FDK volumes
     chained = tmp_path / "run.zarr"
     command = [sys.executable, "-m", "bonemet_dask.cli", "run", str(src), str(chained),
-               "--cluster", "none", "--count", "19",
+               "--cluster", "none",
                "--csv", str(tmp_path / "run.csv")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     same_store(by_stage, chained)
     assert (tmp_path / "run.csv").read_text() == (tmp_path / "stages.csv").read_text()
-    again = run(src, str(chained), options={"composite": {"count": 19}}, metrics_csv=None)
+    again = run(src, str(chained), metrics_csv=None)
     assert all(not r.written for r in again.stages.values())
     assert again.stages["composite"].counts()["up to date"] == 4 and again.exit_code == 0
     assert len(again.table) == 4
@@ -66,7 +66,7 @@ def test_run_equals_the_stages_one_by_one(tmp_path, same_store):
 
 def test_tiny_composites_do_not_crash_the_junction_tracker(tiny):
     """Regression: two fibula tracks ending in one slice made ``list.remove`` compare arrays."""
-    report = composite_store(str(tiny / "published.zarr"), out=str(tiny / "c.zarr"), count=5)
+    report = composite_store(str(tiny / "published.zarr"), out=str(tiny / "c.zarr"))
     assert report.counts()["written"] == 4  # raised "truth value of an array is ambiguous"
 
 
@@ -82,7 +82,7 @@ def test_stages_run_on_the_active_client(tiny):
         bm.reconstruct_store(out)
         bm.segment_store(store, out)
         bm.register_store(store, out, roll_starts="bonemet")
-        bm.composite_store(store, str(tiny / "notebook-roi.zarr"), count=5)  # published regist
+        bm.composite_store(store, str(tiny / "notebook-roi.zarr"))  # published regist
     logged = {key_split(task["key"]) for task in stream.data}  # collected as the stream closes
     # (dask fuses a map_blocks into the task that consumes it: ``segment-threshold`` runs
     # inside ``segment-write``)
@@ -119,7 +119,7 @@ def test_run_cli_reports_quarantine_with_exit_3(tiny, tmp_path):
     week = damaged / "Imagery_Dataset" / "2. Recon-CT" / "851" / "week 1"
     sorted(week.glob("*.png"))[3].write_bytes(b"\x89PNG\r\n\x1a\n broken")
     args = ["run", str(damaged), str(tmp_path / "s.zarr"), "--from", "recon_ct", "--cluster",
-            "none", "--count", "5", "--roll-starts", "bonemet"]  # fmt: skip
+            "none", "--roll-starts", "bonemet"]  # fmt: skip
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 3, result.output
     assert "quarantined convert" in result.output and "week 1" in result.output
