@@ -37,6 +37,7 @@ _LAZY = {
     "composite": ("bonemet_dask.ops.composite", "composite"),
     "find_tf_junction": ("bonemet_dask.ops.roi", "find_tf_junction"),
     "Junction": ("bonemet_dask.ops.roi", "Junction"),
+    "drop_small_changes": ("bonemet_dask.ops.composite", "drop_small_changes"),
     "crop_roi": ("bonemet_dask.ops.roi", "crop_roi"),
     "bone_metrics": ("bonemet_dask.ops.metrics", "bone_metrics"),
     "metrics_table": ("bonemet_dask.ops.metrics", "metrics_table"),
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from bonemet_dask.io.catalog import Catalog, Problem, Stack, scan_source
     from bonemet_dask.io.skyscan_log import parse_skyscan_log
     from bonemet_dask.io.xr import open_store, stack
-    from bonemet_dask.ops.composite import composite
+    from bonemet_dask.ops.composite import composite, drop_small_changes
     from bonemet_dask.ops.composite_store import composite_store
     from bonemet_dask.ops.convert import convert
     from bonemet_dask.ops.metrics import bone_metrics, metrics_table, write_metrics_csv

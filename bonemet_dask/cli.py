@@ -173,6 +173,10 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed: the same seed writes byte-identical trees.")] = 0,
     variants: Annotated[bool, typer.Option(help="Use published naming variants.")] = False,
     components: ComponentsOpt = None,
+    products: Annotated[
+        str,
+        typer.Option(help="reconstructed (FDK's blur and noise) or voxelised (idealised, sharp)."),
+    ] = "reconstructed",
     cluster: Annotated[
         str, typer.Option(help="'none' (in this process), 'local', 'slurm', 'gpu' or an address.")
     ] = "none",
@@ -189,6 +193,7 @@ def synth(
             seed=seed,
             variants=variants,
             components=tuple(_choices("--components", components, COMPONENTS) or COMPONENTS),
+            products=products,
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None

@@ -22,6 +22,7 @@ __all__ = [
     "RESORBED",
     "baseline_bone",
     "composite_from_masks",
+    "drop_small_changes",
     "followup_bone",
     "threshold_composite",
     "threshold_mask",
@@ -181,4 +182,40 @@ def composite_from_masks(baseline: Any, followup: Any) -> Any:
     out[baseline & followup] = KEPT
     out[~baseline & followup] = FORMED
     out[baseline & ~followup] = RESORBED
+    return out
+
+
+def drop_small_changes(composite: np.ndarray, *, min_voxels: int) -> np.ndarray:
+    """Formed and resorbed clusters of fewer than ``min_voxels`` voxels reverted (26-connected).
+
+    A small resorbed cluster becomes kept bone (180), a small formed one no bone (0): change
+    that a few voxels of noise or of sub-voxel misregistration at a bone surface can make is
+    not counted (time-lapse micro-CT's minimum cluster size, e.g. 5 voxels).  ``(slice, y, x)``
+    uint8 block holding a whole RoI (clusters must not be cut by block edges); host only.
+
+    Parameters
+    ----------
+    composite : ndarray of uint8
+        Codes {0, 60, 180, 240}.
+    min_voxels : int
+        Smallest cluster kept; 1 keeps everything.
+
+    Returns
+    -------
+    ndarray of uint8
+        A new array.
+    """
+    from scipy import ndimage
+
+    out = np.array(composite, dtype=np.uint8, copy=True)
+    if min_voxels <= 1:
+        return out
+    structure = np.ones((3,) * out.ndim, dtype=bool)
+    for code, revert in ((RESORBED, KEPT), (FORMED, NONE)):
+        labels, count = ndimage.label(out == code, structure)
+        if count:
+            sizes = np.bincount(labels.ravel())
+            small = sizes < min_voxels
+            small[0] = False
+            out[small[labels]] = revert
     return out

@@ -38,9 +38,52 @@ from bonemet_dask.kernels.slicewise import (
     pad_slices,
 )
 
-__all__ = ["bin_bone_mask", "search_junction"]
+__all__ = ["bin_bone_mask", "edge_level", "grey_histogram", "search_junction"]
 
 _SLAB = 64  # slices labelled per ndimage call: bounds the int32 label memory
+
+
+def grey_histogram(block: Any) -> np.ndarray:
+    """Counts of each grey level 0..255 in a uint8 block, shape ``(1, 1, 256)`` (summable)."""
+    values = to_host(block)
+    return np.bincount(np.asarray(values, np.uint8).ravel(), minlength=256)[None, None, :]
+
+
+def edge_level(histogram: np.ndarray, *, floor: float) -> float | None:
+    """The grey level halfway between soft tissue and cortical bone: where a bone edge lies.
+
+    A reconstruction blurs every edge; thresholding at a level near soft tissue moves edges
+    outwards by more than a voxel (and joins a fibula to its tibia for several slices after
+    they part), while the level halfway up the step stays on the edge.  Soft tissue is the
+    median grey between ``floor / 4`` and ``floor`` (air below), cortical bone the 90th
+    percentile of the grey at or above ``floor``.
+
+    Parameters
+    ----------
+    histogram : ndarray, shape (256,)
+        Counts per grey level (:func:`grey_histogram` summed).
+    floor : float
+        The bone threshold (BoneMet: 75).
+
+    Returns
+    -------
+    float or None
+        The level, never below ``floor``; None when the histogram has no soft tissue or no bone.
+    """
+    counts = np.asarray(histogram, np.float64).ravel()
+    grey = np.arange(counts.size)
+    soft = (grey >= floor / 4) & (grey < floor)
+    bone = grey >= floor
+    if counts[soft].sum() == 0 or counts[bone].sum() == 0:
+        return None
+    soft_median = _quantile(grey[soft], counts[soft], 0.5)
+    bone_high = _quantile(grey[bone], counts[bone], 0.9)
+    return float(max(floor, (soft_median + bone_high) / 2))
+
+
+def _quantile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
+    cumulative = np.cumsum(counts)
+    return float(values[np.searchsorted(cumulative, q * cumulative[-1])])
 
 
 def bin_bone_mask(block: Any, *, level: float = 75, factor: int = 1) -> Any:

@@ -21,7 +21,13 @@ import numpy as np
 
 from bonemet_dask.io.scans import ScanRef
 from bonemet_dask.io.store import ImageLayout, get_bonemet_attrs
-from bonemet_dask.ops.composite import COMPOSITE_LEGEND, composite, voxel_size_um
+from bonemet_dask.ops.composite import (
+    COMPOSITE_LEGEND,
+    MIN_CHANGE_VOXELS,
+    composite,
+    drop_small_changes,
+    voxel_size_um,
+)
 from bonemet_dask.ops.convert import default_slices_per_shard
 from bonemet_dask.ops.engine import UnitContext, run_declared
 from bonemet_dask.ops.metrics import SCAN_METRICS, bone_metrics, write_metrics_csv
@@ -59,6 +65,12 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
     threshold: float = setting(75.0, "Bone threshold (grey level) of both scans.")
     length_um: float = setting(ROI_LENGTH_UM, "RoI length below the junction, micrometres.")
     offset_um: float = setting(0.0, "RoI start below the junction, micrometres.")
+    junction_level: str | float = setting(
+        "edge", "Grey level the fibula is seen to part at: 'edge' (halfway to cortex) or a number."
+    )
+    min_change_voxels: int = setting(
+        MIN_CHANGE_VOXELS, "Smallest formed or resorbed cluster counted, voxels (1: all)."
+    )
     remove_fibula: bool = setting(True, "Remove the fibula.", cli="--remove-fibula/--keep-fibula")
     metrics_csv: str | None = setting(  # where the table goes changes no group
         None, "Metrics CSV joined with MiceMediRec (CLI default: beside a local OUT).",
@@ -69,6 +81,13 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
         super().__post_init__()
         if not self.length_um > 0:
             raise ValueError(f"length_um={self.length_um!r} must be > 0 micrometres")
+        if self.junction_level != "edge":
+            try:
+                object.__setattr__(self, "junction_level", float(self.junction_level))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"junction_level={self.junction_level!r} is not 'edge' or a grey level"
+                ) from None
 
     @classmethod
     def cli_defaults(cls, store: Any, out: Any) -> dict[str, Any]:
@@ -97,7 +116,8 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
         key = ("junction", base_scan.path)
         if key not in context.memo:  # one junction per tibia, found on week 0
             try:
-                context.memo[key] = find_tf_junction(baseline, threshold)
+                context.memo[key] = find_tf_junction(baseline, threshold,
+                                                     level=self.junction_level)  # fmt: skip
             except ValueError as err:
                 context.memo[key] = StageFailure(f"{base_scan.path}: {err}")
         junction = context.memo[key]
@@ -111,6 +131,8 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
         except ValueError as err:
             raise StageFailure(f"{base_scan.path}: {err}") from None
         first, n = comp.attrs["roi"]["first_slice"], comp.attrs["roi"]["count"]
+        if self.min_change_voxels > 1:
+            comp = drop_small_changes(comp, self.min_change_voxels)
         grey = followup.isel(slice=slice(first, first + n))
         scale = voxel_size_um(baseline)
         sps = self.slices_per_shard or default_slices_per_shard("ct", comp.shape, "uint8")
@@ -122,6 +144,7 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
             "kind": "composite",
             "legend": dict(COMPOSITE_LEGEND),
             "baseline_week": BASELINE_WEEK,
+            "min_change_voxels": self.min_change_voxels,
             "junction": junction.to_dict(),
             "junction_slice": junction.slice,
             "junction_confidence": junction.confidence,

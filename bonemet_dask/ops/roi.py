@@ -13,10 +13,17 @@ from typing import Any, Final
 
 import dask
 import dask.array as da
+import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from bonemet_dask._backend import meta_like
-from bonemet_dask.kernels.junction import bin_bone_mask, search_junction
+from bonemet_dask.kernels.junction import (
+    bin_bone_mask,
+    edge_level,
+    grey_histogram,
+    search_junction,
+)
 from bonemet_dask.kernels.roi import fibula_mask, outside_tibia, remove_voxels
 from bonemet_dask.ops.composite import _as_dataarray, voxel_size_um
 
@@ -53,7 +60,8 @@ class Junction:
     binning : int
         In-plane binning of the searched mask.
     threshold : float
-        Bone threshold used.
+        Grey level of the bone mask the fibula was tracked in (the edge level, or the bone
+        threshold when the fibula was not found at the edge level).
     track_slices : int
         Slices in which the fibula was found separate.
     """
@@ -88,6 +96,7 @@ def find_tf_junction(
     volume: xr.DataArray,
     threshold: float = 75,
     *,
+    level: float | str = "edge",
     binning: int | None = None,
     search_fraction: float = 0.5,
     min_area_mm2: float = 0.005,
@@ -107,6 +116,14 @@ def find_tf_junction(
         greyscale.
     threshold : float, optional
         Bone is ``grey >= threshold``.
+    level : float or "edge", optional
+        Grey level at which the fibula is seen to separate.  ``"edge"`` (default): halfway
+        between soft tissue and cortical bone, estimated from the volume
+        (:func:`~bonemet_dask.kernels.junction.edge_level`), where a reconstruction's blur does
+        not move an edge: at ``threshold`` the blur keeps the fibula joined to the tibia for a
+        few slices after they part (4-5 slices on the 160 um synthetic scans, 1-2 at the
+        edge level).  Falls back to ``threshold`` when no fibula is found at the edge level.
+        A number is used as given.
     binning : int, optional
         In-plane binning of the bone mask (majority vote); default: the largest factor keeping
         the binned pixel within 30 um (:data:`JUNCTION_BIN_UM`).  ``slice`` is never binned.
@@ -141,22 +158,24 @@ def find_tf_junction(
     stop = min(n, max(8, math.ceil(n * search_fraction)))
     data = volume.data if isinstance(volume.data, da.Array) else da.from_array(volume.data)
     data = _slab_chunks(data[:stop])
-    h, w = (math.ceil(s / factor) for s in data.shape[1:])
-    binned = da.map_blocks(
-        bin_bone_mask,
-        data,
-        level=threshold,
-        factor=factor,
-        dtype=bool,
-        chunks=(data.chunks[0], (h,), (w,)),
-        meta=meta_like(data, bool),
-    )
     pixel_mm2 = (dy * factor) * (dx * factor) * 1e-6
-    window = max(3, round(100.0 / dz))  # score 0.1 mm above and below
-    search = dask.delayed(search_junction, pure=True)(
-        binned, min_area=max(1, round(min_area_mm2 / pixel_mm2)), max_gap=max_gap, window=window
-    )
-    (found,) = dask.compute(search)
+    options = {"min_area": max(1, round(min_area_mm2 / pixel_mm2)), "max_gap": max_gap,
+               "window": max(3, round(100.0 / dz))}  # score 0.1 mm above and below  # fmt: skip
+    if level == "edge":
+        used = _edge_level(data, threshold)
+    elif isinstance(level, str):
+        raise ValueError(f"level={level!r} is not 'edge' or a grey level")
+    else:
+        used = float(level)
+    found = None
+    if used is not None and used != threshold:
+        try:
+            found = _search(data, used, factor, options)
+        except ValueError:  # no fibula at the edge level (a thin one, blurred): the threshold
+            logger.info("no fibula at the edge level %.0f; searching at %s", used, threshold)
+    if found is None:
+        used = float(threshold)
+        found = _search(data, used, factor, options)
     j = found["slice"]
     coord = volume.coords.get(volume.dims[0])
     value = coord.values[j].item() if coord is not None else j
@@ -167,12 +186,34 @@ def find_tf_junction(
         ambiguous=found["ambiguous"],
         reasons=tuple(found["reasons"]),
         binning=factor,
-        threshold=threshold,
+        threshold=used,
         track_slices=found["track_slices"],
     )
     if result.ambiguous:
         logger.warning("tibia-fibula junction at slice %d is ambiguous: %s", j, result.reasons)
     return result
+
+
+def _edge_level(data: da.Array, threshold: float) -> float | None:
+    """The volume's edge level (computes its grey histogram, one small task per chunk)."""
+    counts = data.map_blocks(
+        grey_histogram, dtype=np.int64, chunks=((1,) * data.numblocks[0], (1,) * data.numblocks[1],
+                                                (256,) * data.numblocks[2]),
+        meta=np.empty((0, 0, 0), np.int64), name="junction-histogram-" + tokenize(data.name),
+    )  # fmt: skip
+    (hist,) = dask.compute(counts.reshape(-1, 256).sum(axis=0))
+    return edge_level(hist, floor=threshold)
+
+
+def _search(data: da.Array, level: float, factor: int, options: dict) -> dict:
+    """The junction search on the bone mask at ``level`` (computes the binned mask)."""
+    h, w = (math.ceil(s / factor) for s in data.shape[1:])
+    binned = da.map_blocks(
+        bin_bone_mask, data, level=level, factor=factor, dtype=bool,
+        chunks=(data.chunks[0], (h,), (w,)), meta=meta_like(data, bool),
+    )  # fmt: skip
+    (found,) = dask.compute(dask.delayed(search_junction, pure=True)(binned, **options))
+    return found
 
 
 def volume_kind(volume: xr.DataArray, kind: str = "auto") -> str:

@@ -32,7 +32,12 @@ AIR_COUNTS: Final = 40000.0
 WINDOW_MAX_PER_MM: Final = 0.11
 """Attenuation mapped to grey 255 in the 8-bit products (NRecon's CS-to-image maximum), 1/mm."""
 GREY_NOISE_SIGMA: Final = 2.0
-"""Standard deviation of the Gaussian noise added to 8-bit greyscale products, grey levels."""
+"""Standard deviation of the white noise of ``products="voxelised"`` image products, grey."""
+PRODUCTS: Final = ("reconstructed", "voxelised")
+"""How the image products are made: like a reconstruction (the phantom with FDK's measured
+blur and noise, :mod:`bonemet_dask.synth.imaging`; the default), or the phantom voxelised with
+white grey noise (idealised: sharp edges a reconstruction never has; at ``tiny`` size, where
+the blur erases the fibula, it keeps the anatomy for plumbing tests)."""
 REGIST_TOP_Z_MM: Final = 0.1
 """Height of Regist-CT slice 0 above the tibial plateau, side frame, mm."""
 REGIST_CENTRE_LATERAL_MM: Final = 0.35
@@ -66,6 +71,8 @@ class SynthConfig:
         Id of the first animal (BoneMet ids are 3-digit integers such as 851).
     png_level : int
         zlib level of the written PNGs (1 fastest; the content is identical at any level).
+    products : {"reconstructed", "voxelised"}
+        How the image products (Recon-, Seg-, Regist-, RoI-CT) are made: see :data:`PRODUCTS`.
     """
 
     mice: int = 2
@@ -77,11 +84,16 @@ class SynthConfig:
     components: tuple[str, ...] = COMPONENTS
     first_mouse_id: int = 851
     png_level: int = 1
+    products: str = "reconstructed"
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
             raise ValueError(f"size={self.size!r} is not one of {', '.join(map(repr, SIZES))}")
+        if self.products not in PRODUCTS:
+            raise ValueError(
+                f"products={self.products!r} is not one of {', '.join(map(repr, PRODUCTS))}"
+            )
         if self.mice < 1 or self.weeks < 1:
             raise ValueError(f"mice={self.mice} and weeks={self.weeks} must both be >= 1")
         if self.scale is not None and not 0 < self.scale <= 1:

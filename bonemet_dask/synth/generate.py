@@ -8,6 +8,7 @@ whether it runs serially or on a Dask cluster.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import numpy as np
 
 from bonemet_dask import naming
 from bonemet_dask.geometry import VolumeGrid
-from bonemet_dask.synth import records
+from bonemet_dask.synth import imaging, records
 from bonemet_dask.synth.anatomy import (
     MU_SOFT,
     LegAnatomy,
@@ -50,6 +51,7 @@ SLAB_BYTES = 64 * 2**20
 """Budget of one float32 working slab when voxelising, bytes."""
 
 _BONE = ("tibia", "trabecular", "fibula")
+_TIBIA = ("tibia", "trabecular")
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,46 @@ def _rng(config: SynthConfig, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([config.seed, *key]))
 
 
-def _to_grey(mu: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-    """Attenuation (1/mm) to NRecon-like 8-bit grey, with optional Gaussian noise."""
-    grey = mu * (255.0 / WINDOW_MAX_PER_MM)
-    if rng is not None:
-        grey = grey + rng.normal(0.0, GREY_NOISE_SIGMA, size=mu.shape)
-    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+def _to_grey(mu: np.ndarray) -> np.ndarray:
+    """Attenuation (1/mm) to NRecon-like 8-bit grey: the ``.log``'s window, rounded."""
+    return np.clip(np.rint(mu * (255.0 / WINDOW_MAX_PER_MM)), 0, 255).astype(np.uint8)
+
+
+def reconstructed_slabs(
+    phantom: Any,
+    grid: VolumeGrid,
+    config: SynthConfig,
+    seed: Callable[[int], np.random.Generator] | None,
+    *,
+    offset: float = 0.0,
+) -> Any:
+    """``(start, grey)`` slabs of a phantom on ``grid`` as the image products show it.
+
+    Voxelised (``offset`` 1/mm added) and, for ``config.products == "reconstructed"``, blurred
+    and given FDK's correlated noise (:mod:`bonemet_dask.synth.imaging`), else given white grey
+    noise (``"voxelised"``); ``seed(k)`` draws slice ``k``'s noise (None: none); windowed to
+    uint8.  Each slab is computed with :data:`~.imaging.HALO_SLICES` more on each side, so the
+    volume does not depend on where the slabs split.
+    """
+    n = grid.shape[0]
+    step = max(1, SLAB_BYTES // (4 * grid.shape[1] * grid.shape[2]))
+    noise_std = imaging.noise_std_per_mm(grid.voxel_size)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        lo, hi = max(0, start - imaging.HALO_SLICES), min(n, stop + imaging.HALO_SLICES)
+        mu = voxelize(phantom, grid.slab(lo, hi), supersample=config.voxel_supersample)
+        white = None
+        if seed is not None:
+            white = np.stack([seed(k).standard_normal(grid.shape[1:]) for k in range(lo, hi)])
+        mu += np.float32(offset)
+        valid = slice(start - lo, stop - lo)
+        if config.products == "reconstructed":
+            mu = imaging.reconstructed(mu, white, noise_std=noise_std, valid=valid)
+        elif white is not None:
+            mu = mu[valid] + white[valid] * np.float32(GREY_NOISE_SIGMA * WINDOW_MAX_PER_MM / 255)
+        else:
+            mu = mu[valid]
+        yield start, _to_grey(mu)
 
 
 class _TreeWriter:
@@ -219,15 +255,12 @@ def _write_recon_and_seg(writer, config, plan, week, world) -> dict[str, Any]:
     grid = config.recon_grid()
     first_index = int(_rng(config, plan.number, week, 3).integers(0, 31))
     boxes = seg_boxes(config, world)
-    packed = world.pack()
     recon_folder = writer.folder("recon_ct", plan.mouse, "both", week)
     seg_folders = {s: writer.folder("seg_ct", plan.mouse, s, week) for s in boxes}
-    step = max(1, SLAB_BYTES // (4 * grid.shape[1] * grid.shape[2]))
-    for start in range(0, grid.shape[0], step):
-        stop = min(grid.shape[0], start + step)
-        mu = voxelize(packed, grid.slab(start, stop), supersample=config.voxel_supersample)
-        for k in range(start, stop):
-            grey = _to_grey(mu[k - start], _rng(config, plan.number, week, 4, k))
+    seed = functools.partial(_rng, config, plan.number, week, 4)
+    for start, slab in reconstructed_slabs(world.pack(), grid, config, seed):
+        for k in range(start, start + slab.shape[0]):
+            grey = slab[k - start]
             if "recon_ct" in config.components:
                 name = naming.slice_file_name("recon_ct", plan.mouse, "both", first_index + k)
                 writer.png(recon_folder, name, grey)
@@ -259,16 +292,12 @@ def _write_recon_and_seg(writer, config, plan, week, world) -> dict[str, Any]:
 
 def _write_regist(writer, config, plan, week, side, leg) -> None:
     grid = config.regist_grid(side)
-    packed = leg_phantom(leg, week).pack()
     folder = writer.folder("regist_ct", plan.mouse, side, week)
-    salt = 5 if side == "left" else 6
-    step = max(1, SLAB_BYTES // (4 * grid.shape[1] * grid.shape[2]))
-    for start in range(0, grid.shape[0], step):
-        stop = min(grid.shape[0], start + step)
-        mu = voxelize(packed, grid.slab(start, stop), supersample=config.voxel_supersample)
-        for k in range(start, stop):
-            grey = _to_grey(mu[k - start], _rng(config, plan.number, week, salt, k))
-            writer.png(folder, naming.slice_file_name("regist_ct", plan.mouse, side, k), grey)
+    seed = functools.partial(_rng, config, plan.number, week, 5 if side == "left" else 6)
+    for start, slab in reconstructed_slabs(leg_phantom(leg, week).pack(), grid, config, seed):
+        for k in range(start, start + slab.shape[0]):
+            name = naming.slice_file_name("regist_ct", plan.mouse, side, k)
+            writer.png(folder, name, slab[k - start])
     note = "rigidly registered to the vertical reference (week 0) or to the animal's week 0"
     writer.put(
         folder,
@@ -281,9 +310,33 @@ def tibia_bone_mask(
     config: SynthConfig, leg: LegAnatomy, week: int, grid: VolumeGrid
 ) -> np.ndarray:
     """Noise-free bone mask (grey >= THRESHOLD) of the tibia alone, fibula removed, on ``grid``."""
-    tibia = leg_phantom(leg, week).select(lambda label: label in ("tibia", "trabecular"))
+    tibia = leg_phantom(leg, week).select(lambda label: label in _TIBIA)
     mu = voxelize(tibia, grid, supersample=config.voxel_supersample) + np.float32(MU_SOFT)
-    return _to_grey(mu, None) >= THRESHOLD
+    return _to_grey(mu) >= THRESHOLD
+
+
+def reconstructed_tibia_mask(
+    config: SynthConfig, plan: MousePlan, side: str, week: int, first: int, count: int
+) -> np.ndarray:
+    """Bone (grey >= THRESHOLD) of the tibia alone, as a reconstruction shows it.
+
+    Slices ``first:first + count`` of the side's Regist-CT grid, fibula removed, blurred and
+    with that week's Regist-CT noise: what the published RoI-CT composites are thresholded
+    from.
+    """
+    grid = config.regist_grid(side)
+    lo, hi = (
+        max(0, first - imaging.HALO_SLICES),
+        min(grid.shape[0], first + count + imaging.HALO_SLICES),
+    )
+    tibia = leg_phantom(plan.legs[side], week).select(
+        lambda label: label in ("tibia", "trabecular")
+    )
+    seed = functools.partial(_rng, config, plan.number, week, 5 if side == "left" else 6)
+    slabs = reconstructed_slabs(tibia.pack(), grid.slab(lo, hi), config,
+                                lambda k: seed(lo + k), offset=MU_SOFT)  # fmt: skip
+    grey = np.concatenate([slab for _, slab in slabs])
+    return grey[first - lo : first - lo + count] >= THRESHOLD
 
 
 def roi_grid(config: SynthConfig, side: str, first_slice: int) -> tuple[int, VolumeGrid]:
@@ -304,10 +357,19 @@ def _write_roi(writer, config, plan, week, side, leg) -> dict[str, Any]:
     first, roi = roi_grid(config, side, junction_slice)
     base = tibia_bone_mask(config, leg, 0, roi)
     follow = base if week == 0 else tibia_bone_mask(config, leg, week, roi)
+    # the published composite thresholds the registered reconstructions (blurred, noisy);
+    # the truth below counts the phantom's own voxels
+    seen_base, seen = base, follow
+    if config.products == "reconstructed":
+        n = roi.shape[0]
+        seen_base = reconstructed_tibia_mask(config, plan, side, 0, first, n)
+        seen = (
+            seen_base if week == 0 else reconstructed_tibia_mask(config, plan, side, week, first, n)
+        )
     composite = np.zeros(base.shape, np.uint8)
-    composite[base & follow] = 180
-    composite[~base & follow] = 240
-    composite[base & ~follow] = 60
+    composite[seen_base & seen] = 180
+    composite[~seen_base & seen] = 240
+    composite[seen_base & ~seen] = 60
     folder = writer.folder("roi_ct", plan.mouse, side, week)
     for k in range(composite.shape[0]):
         writer.png(folder, naming.slice_file_name("roi_ct", plan.mouse, side, k), composite[k])
@@ -323,9 +385,9 @@ def _write_roi(writer, config, plan, week, side, leg) -> dict[str, Any]:
         "junction_regist_slice": int(junction_slice),
         "first_regist_slice": int(first),
         "n_slices": int(roi.shape[0]),
-        "kept_mm3": float((composite == 180).sum() * voxel_mm3),
-        "formed_mm3": float((composite == 240).sum() * voxel_mm3),
-        "resorbed_mm3": float((composite == 60).sum() * voxel_mm3),
+        "kept_mm3": float((base & follow).sum() * voxel_mm3),
+        "formed_mm3": float((~base & follow).sum() * voxel_mm3),
+        "resorbed_mm3": float((base & ~follow).sum() * voxel_mm3),
         "baseline_bone_mm3": float(base.sum() * voxel_mm3),
     }
 

@@ -55,3 +55,19 @@ def test_float_input_and_shape_mismatch():
     np.testing.assert_array_equal(threshold_composite(a, a[::-1].copy()), [FORMED, KEPT, RESORBED])
     with pytest.raises(ValueError, match=r"baseline\.shape"):
         threshold_composite(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_small_change_clusters_are_reverted_26_connected():
+    from bonemet_dask.kernels.composite import drop_small_changes
+
+    comp = np.full((6, 8, 8), 180, np.uint8)
+    comp[0, 0, 0] = 60  # one resorbed voxel: noise -> kept
+    comp[2:4, 2:4, 2:4] = 60  # 8 resorbed voxels: kept as change
+    comp[5, 7, 7] = 240  # one formed voxel: noise -> no bone
+    comp[0, 5, 5] = comp[1, 6, 6] = comp[2, 7, 7] = 240  # 3 diagonal voxels: one cluster of 3
+    out = drop_small_changes(comp, min_voxels=5)
+    assert out[0, 0, 0] == 180 and out[5, 7, 7] == 0 and out[0, 5, 5] == 0
+    assert (out[2:4, 2:4, 2:4] == 60).all()
+    assert drop_small_changes(comp, min_voxels=3)[1, 6, 6] == 240  # diagonal = connected
+    np.testing.assert_array_equal(drop_small_changes(comp, min_voxels=1), comp)
+    assert (comp[0, 0, 0], comp[5, 7, 7]) == (60, 240)  # the input is not changed

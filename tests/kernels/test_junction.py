@@ -57,3 +57,19 @@ def test_two_components_born_in_the_same_slice():
     found = search_junction(mask)
     assert found["slice"] == 5
     assert found["split_from_tibia"]
+
+
+def test_edge_level_lies_halfway_between_soft_tissue_and_cortex():
+    from bonemet_dask.kernels.junction import edge_level
+
+    hist = np.zeros(256)
+    hist[2] = 5000  # air
+    hist[55:62] = 1000  # soft tissue around 58
+    hist[170:180] = 200  # trabecular
+    hist[228:236] = 400  # cortex around 232
+    level = edge_level(hist, floor=75)
+    assert 140 <= level <= 150  # (58 + ~232) / 2
+    assert edge_level(np.bincount([3, 40, 50], minlength=256), floor=75) is None  # no bone
+    low = np.zeros(256)
+    low[70], low[80] = 100, 100  # barely above the floor: never below it
+    assert edge_level(low, floor=75) == 75

@@ -26,7 +26,9 @@ H_UM = 160.0  # the small preset's voxel: 35 um camera pixels x 16 / magnificati
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics")
-    config = SynthConfig(mice=2, weeks=3, size="small", seed=0, components=("regist_ct", "roi_ct"))
+    # voxelised: the metric arithmetic is checked against the phantom's exact voxel counts
+    config = SynthConfig(mice=2, weeks=3, size="small", seed=0, components=("regist_ct", "roi_ct"),
+                         products="voxelised")  # fmt: skip
     truth = generate(str(root / "src"), config)
     store = str(root / "store.zarr")
     report = bm.convert(str(root / "src"), store)

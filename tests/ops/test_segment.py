@@ -14,7 +14,7 @@ from bonemet_dask.io.store import ImageLayout, create_image_group, scan_group_pa
 from bonemet_dask.ops.convert import convert
 from bonemet_dask.ops.segment import SegmentationError, segment_tibiae
 from bonemet_dask.ops.segment_store import segment_store
-from bonemet_dask.synth import SynthConfig, generate
+from bonemet_dask.synth import SynthConfig, generate, imaging
 from bonemet_dask.synth.anatomy import MU_SOFT, hindlimb_phantom, pose_matrix
 from bonemet_dask.synth.config import WINDOW_MAX_PER_MM
 from bonemet_dask.synth.generate import THRESHOLD, plan_mice
@@ -49,7 +49,9 @@ _MASKS: dict = {}
 
 
 def truth_mask(truth, number: int, side: str, labels) -> np.ndarray:
-    """Noise-free bone (grey >= 75) of one leg's parts, voxelised from the phantom's primitives."""
+    """Noise-free bone (grey >= 75) of one leg's parts, voxelised from the phantom's primitives
+    and blurred as the generator's reconstructed products are (the mask the threshold should
+    give on them)."""
     key = (number, side, labels)
     if key not in _MASKS:
         _MASKS[key] = _voxelised_mask(truth, number, side, labels)
@@ -68,6 +70,7 @@ def _voxelised_mask(truth, number: int, side: str, labels) -> np.ndarray:
     ]
     phantom = Phantom([t for t, _ in pairs], [g for _, g in pairs])
     mu = voxelize(phantom, CONFIG.recon_grid(), supersample=CONFIG.voxel_supersample) + MU_SOFT
+    mu = imaging.reconstructed(mu, None, noise_std=0.0)
     return np.clip(np.rint(mu * (255 / WINDOW_MAX_PER_MM)), 0, 255) >= THRESHOLD
 
 
@@ -103,7 +106,9 @@ def test_finds_both_tibiae_with_fibula_and_without_femur(dataset, tree, segmente
         fibula = truth_mask(truth, number, side, ("fibula",))
         assert (mask & fibula).sum() >= 0.95 * fibula.sum()  # kept (measured >= 0.985)
         femur = truth_mask(truth, number, side, ("femur", "patella"))
-        assert (mask & femur).sum() <= 2  # measured 0-1 voxels, partial volume at the joint
+        # measured 29-40 voxels of ~5,200: blurred, the condyles and the plateau meet across
+        # the joint space (2 voxels at 160 um); 0-1 on the phantom voxelised unblurred
+        assert (mask & femur).sum() <= 0.01 * femur.sum()
         lo, hi = crop.attrs["bonemet"]["crop_box"].values()
         assert femur[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].sum() <= 0.01 * femur.sum()
         box = truth["mice"][mouse]["weeks"]["0"]["seg_box"][side]

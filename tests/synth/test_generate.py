@@ -16,7 +16,9 @@ from bonemet_dask.io.skyscan_log import parse_skyscan_log
 from bonemet_dask.synth import THRESHOLD, TRUTH_FILE, SynthConfig, generate
 from bonemet_dask.synth.config import AIR_COUNTS, WINDOW_MAX_PER_MM
 
-CONFIG = SynthConfig(mice=2, weeks=3, size="tiny", seed=7)
+# the products' consistency with the phantom, checked exactly on its voxelised form (the
+# reconstruction model is tested in test_imaging.py)
+CONFIG = SynthConfig(mice=2, weeks=3, size="tiny", seed=7, products="voxelised")
 
 
 @pytest.fixture(scope="module")
