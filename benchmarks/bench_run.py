@@ -23,38 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import cloudpickle
 import psutil
-from distributed.diagnostics.plugin import SchedulerPlugin
 
 import bonemet_dask as bm
+from bonemet_dask.diagnostics import TaskPeak, task_peak
 from bonemet_dask.synth import SynthConfig, generate
-
-
-class TaskPeak(SchedulerPlugin):
-    """The most tasks held at once, and the largest graph one ``update_graph`` brought."""
-
-    name = "task-peak"
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self.largest_graph = 0
-
-    async def start(self, scheduler) -> None:
-        self.scheduler = scheduler
-
-    def update_graph(self, scheduler, *, keys, tasks=(), **kwargs) -> None:
-        self.largest_graph = max(self.largest_graph, len(tasks))
-
-    def transition(self, key, start, finish, *args, **kwargs) -> None:
-        self.peak = max(self.peak, len(self.scheduler.tasks))
-
-
-def _state(dask_scheduler=None) -> tuple[int, int]:
-    plugin = dask_scheduler.plugins["task-peak"]
-    state = (plugin.peak, plugin.largest_graph)
-    plugin.peak = plugin.largest_graph = 0
-    return state
 
 
 def cluster(workdir: Path) -> tuple[list[subprocess.Popen], str]:
@@ -84,13 +57,13 @@ def measure(client, workdir: Path, mice: int, concurrency: int, until: str) -> d
         if stage == until and done:
             rss.append(psutil.Process().memory_info().rss / 2**20)
 
-    client.run_on_scheduler(_state)  # reset
+    client.run_on_scheduler(task_peak)  # reset
     started = time.perf_counter()
     report = bm.run(str(src), str(workdir / f"store-{mice}.zarr"), start="recon_ct", until=until,
                     client=client,
                     concurrency=concurrency, progress=memory)  # fmt: skip
     seconds = time.perf_counter() - started
-    peak, largest = client.run_on_scheduler(_state)
+    peak, largest = client.run_on_scheduler(task_peak)
     return {
         "mice": mice,
         "concurrency": concurrency,
@@ -112,7 +85,6 @@ def main() -> None:
     parser.add_argument("--until", default="segment")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with tempfile.TemporaryDirectory() as tmp:
         processes, scheduler_file = cluster(Path(tmp))
         try:

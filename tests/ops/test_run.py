@@ -8,15 +8,14 @@ import sys
 import time
 import tracemalloc
 
-import cloudpickle
 import numpy as np
 import pytest
 import zarr
 from dask.utils import key_split
 from distributed import Client, LocalCluster, get_task_stream
-from distributed.diagnostics.plugin import SchedulerPlugin
 
 import bonemet_dask as bm
+from bonemet_dask.diagnostics import TaskPeak, task_peak
 from bonemet_dask.io.catalog import Catalog, Stack
 from bonemet_dask.ops.composite_store import composite_store
 from bonemet_dask.ops.convert import convert
@@ -153,30 +152,6 @@ def test_planning_10000_scan_records_builds_no_graph():
     assert plan_run(catalog, Selection.of(mice="1007,1999", weeks=4)) == ["1007", "1999"]
 
 
-class TaskPeak(SchedulerPlugin):
-    """The most tasks the scheduler held at once, and the largest graph one call submitted."""
-
-    name = "task-peak"
-
-    def __init__(self):
-        self.peak = 0
-        self.largest_graph = 0
-
-    async def start(self, scheduler):
-        self.scheduler = scheduler
-
-    def update_graph(self, scheduler, *, keys, tasks=(), **kwargs):
-        self.largest_graph = max(self.largest_graph, len(tasks))
-
-    def transition(self, key, start, finish, *args, **kwargs):
-        self.peak = max(self.peak, len(self.scheduler.tasks))
-
-
-def _plugin_state(dask_scheduler=None):
-    plugin = dask_scheduler.plugins["task-peak"]
-    return plugin.peak, plugin.largest_graph
-
-
 @pytest.mark.slow
 def test_scheduler_load_and_client_memory_stay_flat(tmp_path):
     """50 mice on a running cluster (scheduler and workers in other processes, joined by
@@ -201,7 +176,6 @@ def test_scheduler_load_and_client_memory_stay_flat(tmp_path):
         )  # fmt: skip
         import psutil
 
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
         client = bm.connect(scheduler_file)
         client.wait_for_workers(2, timeout=60)
         client.register_plugin(TaskPeak())
@@ -214,7 +188,7 @@ def test_scheduler_load_and_client_memory_stay_flat(tmp_path):
         with client:
             report = run(str(tmp_path / "src"), str(tmp_path / "s.zarr"), start="recon_ct",
                          until="segment", concurrency=2, progress=memory)  # fmt: skip
-            peak, largest = client.run_on_scheduler(_plugin_state)
+            peak, largest = client.run_on_scheduler(task_peak)
     finally:
         for process in (workers, scheduler):
             if process is not None:
