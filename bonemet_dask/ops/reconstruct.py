@@ -214,7 +214,9 @@ def reconstruct(
     filter : {"ramlak", "shepp-logan", "cosine", "hamming", "hann"}
         Ramp window (NRecon's default is Hamming 0.54).
     grid : VolumeGrid, optional
-        Voxels to reconstruct (default :func:`default_grid`).
+        Voxels to reconstruct; default the published Recon-CT's grid when the projections
+        carry NRecon's reference (``attrs["bonemet"]["nrecon"]``, recorded by ``convert``),
+        else :func:`default_grid`.
     slab_slices : int, optional
         Slices per output z-slab, i.e. per output chunk (default: from the
         ``bonemet.memory-budget``).
@@ -253,6 +255,9 @@ def reconstruct(
             f"projections.shape={projections.shape} does not match the geometry "
             f"({geometry.angles_deg.size}, {geometry.n_rows}, {geometry.n_cols})"
         )
+    nrecon = (projections.attrs.get("bonemet") or {}).get("nrecon") or {}
+    if grid is None and nrecon.get("shape"):
+        grid = VolumeGrid(tuple(nrecon["shape"]), geometry.voxel_size)
     grid = grid or default_grid(geometry)
     data = da.asarray(projections.data)
     air = _air(data, air, projections.attrs)
@@ -314,6 +319,8 @@ def reconstruct(
         backend=backend,
     )  # fmt: skip
     result.attrs["bonemet"]["provenance"]["largest_task_bytes"] = int(largest)
+    if nrecon:
+        result.attrs["bonemet"]["nrecon"] = dict(nrecon)
     return result
 
 
@@ -400,9 +407,19 @@ def _labelled(volume, grid, geometry, attrs, **parameters) -> xr.DataArray:
 def to_uint8(volume: xr.DataArray, window: tuple[float, float] | None = None) -> xr.DataArray:
     """NRecon-like linear map of attenuation to 0..255 (``window`` = attenuation at 0 and 255).
 
-    Default window: the 0.1 and 99.9 percentiles of about 16 slices spread over the volume.
+    Default window: NRecon's for the scan (``Minimum/Maximum for CS to Image Conversion`` of
+    its Recon-CT ``.log``, carried by :func:`reconstruct` from the projections' ``nrecon``
+    attributes), so that grey 75 means what it means in the published volumes; else, with a
+    warning, the 0.1 and 99.9 percentiles of about 16 slices spread over the volume.
     """
+    nrecon = (volume.attrs.get("bonemet") or {}).get("nrecon") or {}
+    if window is None and nrecon.get("window_per_mm"):
+        window = tuple(float(v) for v in nrecon["window_per_mm"])
     if window is None:
+        logger.warning(
+            "to_uint8: no NRecon window known; grey levels come from the volume's 0.1 and 99.9 "
+            "percentiles, so threshold 75 may not mean what it means in BoneMet"
+        )
         sample = np.asarray(volume.data[:: max(1, volume.shape[0] // 16)])
         window = tuple(float(v) for v in np.percentile(sample, (0.1, 99.9)))
     lo, hi = window

@@ -213,6 +213,13 @@ def test_store_reconstruction_matches_the_synthetic_recon_ct(tmp_path):
     reconstruct_store(alone)
     again = zarr.open_group(alone, mode="r")["recon_ct/851/both/week0"]
     np.testing.assert_array_equal(again["0"][:], ours["0"][:])
+    # the API too: bm.reconstruct follows the recorded grid, bm.to_uint8 the recorded window
+    from bonemet_dask.io.xr import open_store
+
+    node = open_store(alone)["rotation_xray/851/both/week0"]
+    volume = reconstruct(node.dataset["image"].assign_attrs(bonemet=dict(node.dataset.attrs)))
+    assert volume.shape == truth.shape
+    assert to_uint8(volume).attrs["bonemet"]["window"] == [0.0, 0.11]
 
 
 def test_full_size_graph_fits_the_memory_budget_without_computing():
