@@ -34,7 +34,7 @@ import bonemet_dask as bm
 from bonemet_dask.synth import THRESHOLD, TRUTH_FILE, SynthConfig, generate
 from bonemet_dask.synth.anatomy import MU_SOFT, hindlimb_phantom, pose_matrix
 from bonemet_dask.synth.config import WINDOW_MAX_PER_MM
-from bonemet_dask.synth.generate import plan_mice
+from bonemet_dask.synth.generate import plan_mice, reconstructed_tibia_mask
 from bonemet_dask.synth.primitives import Phantom
 from bonemet_dask.synth.render import voxelize
 
@@ -59,6 +59,7 @@ def truth_mask(config: SynthConfig, truth: dict, mouse: str, side: str, week: in
 def measure(root: Path, config: SynthConfig, stores: dict[str, Path]) -> list[dict]:
     truth = json.loads((root / "src" / TRUTH_FILE).read_text())
     h_mm = config.voxel_size
+    plans = plan_mice(config)
     rows = []
     groups = {name: zarr.open_group(str(path), mode="r") for name, path in stores.items()}
     for mouse, per_mouse in truth["mice"].items():
@@ -70,6 +71,11 @@ def measure(root: Path, config: SynthConfig, stores: dict[str, Path]) -> list[di
                 roi_truth = per_week["roi"][side]
                 row["junction_truth"] = roi_truth["junction_regist_slice"]
                 row["roi_bone_truth"] = roi_truth["kept_mm3"] + roi_truth["formed_mm3"]
+                plan = next(p for p in plans if p.mouse == mouse)
+                blurred = reconstructed_tibia_mask(config, plan, side, week,
+                                                   roi_truth["first_regist_slice"],
+                                                   roi_truth["n_slices"], noise=False)  # fmt: skip
+                row["roi_bone_blurred_truth"] = float(blurred.sum() * h_mm**3)
                 row["formed_truth"] = roi_truth["formed_mm3"]
                 row["resorbed_truth"] = roi_truth["resorbed_mm3"]
                 for name, root_group in groups.items():
@@ -146,6 +152,12 @@ def checks(rows: list[dict], weeks: int) -> dict:
             abs(r["junction_projections"] - r["junction_truth"]) for r in rows
         ),
         "roi_bone_vs_truth": max(rel(r["roi_bone_projections"], r["roi_bone_truth"]) for r in rows),
+        "blur_bias_roi_bone": max(
+            rel(r["roi_bone_blurred_truth"], r["roi_bone_truth"]) for r in rows
+        ),
+        "roi_bone_vs_blurred_truth": max(
+            rel(r["roi_bone_projections"], r["roi_bone_blurred_truth"]) for r in rows
+        ),
     }
     later = [r for r in rows if r["week"] >= 1]
     for week in range(1, weeks):
@@ -201,7 +213,8 @@ def main() -> None:
                "false_change_controls": budget, "rows": rows}  # fmt: skip
     columns = ["mouse", "side", "week", "dice_projections", "bone_projections", "bone_recon",
                "bone_truth", "junction_projections", "junction_recon", "junction_truth",
-               "roi_bone_projections", "roi_bone_recon", "roi_bone_truth", "formed_projections",
+               "roi_bone_projections", "roi_bone_recon", "roi_bone_truth",
+               "roi_bone_blurred_truth", "formed_projections",
                "formed_recon", "formed_truth", "resorbed_projections", "resorbed_recon",
                "resorbed_truth"]  # fmt: skip
     print(" ".join(f"{c[:14]:>14}" for c in columns))

@@ -316,13 +316,20 @@ def tibia_bone_mask(
 
 
 def reconstructed_tibia_mask(
-    config: SynthConfig, plan: MousePlan, side: str, week: int, first: int, count: int
+    config: SynthConfig,
+    plan: MousePlan,
+    side: str,
+    week: int,
+    first: int,
+    count: int,
+    *,
+    noise: bool = True,
 ) -> np.ndarray:
     """Bone (grey >= THRESHOLD) of the tibia alone, as a reconstruction shows it.
 
     Slices ``first:first + count`` of the side's Regist-CT grid, fibula removed, blurred and
-    with that week's Regist-CT noise: what the published RoI-CT composites are thresholded
-    from.
+    with that week's Regist-CT noise (``noise=False``: none, the blur's effect alone): what the
+    published RoI-CT composites are thresholded from.
     """
     grid = config.regist_grid(side)
     lo, hi = (
@@ -334,7 +341,8 @@ def reconstructed_tibia_mask(
     )
     seed = functools.partial(_rng, config, plan.number, week, 5 if side == "left" else 6)
     slabs = reconstructed_slabs(tibia.pack(), grid.slab(lo, hi), config,
-                                lambda k: seed(lo + k), offset=MU_SOFT)  # fmt: skip
+                                (lambda k: seed(lo + k)) if noise else None,
+                                offset=MU_SOFT)  # fmt: skip
     grey = np.concatenate([slab for _, slab in slabs])
     return grey[first - lo : first - lo + count] >= THRESHOLD
 
