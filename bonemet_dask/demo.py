@@ -230,8 +230,8 @@ def _pose_error(found, expected, shape, h_um: float) -> tuple[float, float]:
 
 def _composites(truth, result, console: Console) -> None:
     """Junctions, RoI bone, formed and resorbed volumes of every RoI against the truth."""
-    table = Table("roi_ct scan", "junction found / truth", "RoI bone mm³ (truth)",
-                  "formed mm³ (truth)", "resorbed mm³ (truth)")  # fmt: skip
+    table = Table("roi_ct", "junction", "RoI bone", "formed", "resorbed",
+                  caption="ours (truth); volumes in mm³")  # fmt: skip
     for outcome in result.stages["composite"].outcomes:
         if not outcome.done:
             continue
@@ -243,7 +243,7 @@ def _composites(truth, result, console: Console) -> None:
         bone_truth = expected.get("kept_mm3", float("nan")) + expected.get("formed_mm3", 0.0)
         table.add_row(
             outcome.path.split("/", 1)[1],
-            f"{junction.get('slice', '?')} / {expected.get('junction_regist_slice', '?')}",
+            f"{junction.get('slice', '?')} ({expected.get('junction_regist_slice', '?')})",
             f"{row.get('bone_volume_mm3', float('nan')):.2f} ({bone_truth:.2f})",
             f"{row.get('formed_volume_mm3', float('nan')):.3f} "
             f"({expected.get('formed_mm3', float('nan')):.3f})",
