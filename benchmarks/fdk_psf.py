@@ -65,9 +65,13 @@ def scan_volumes(workdir: Path, size: str) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def central(volume: np.ndarray, fraction: float = 0.7, limit: int = 160) -> tuple[slice, ...]:
-    """The central part of a volume (away from the field-of-view edge), at most ``limit``."""
-    out = []
-    for n in volume.shape:
+    """Every slice, and in-plane the central ``fraction`` (at most ``limit`` voxels).
+
+    All slices: the bones run along them, so only their ends (knee, ankle) are edges across
+    the slices; in-plane, away from the field-of-view edge.
+    """
+    out = [slice(0, volume.shape[0])]
+    for n in volume.shape[1:]:
         m = min(limit, max(8, int(n * fraction)))
         out.append(slice((n - m) // 2, (n - m) // 2 + m))
     return tuple(out)
@@ -76,7 +80,8 @@ def central(volume: np.ndarray, fraction: float = 0.7, limit: int = 160) -> tupl
 def fit_blur(fdk: np.ndarray, truth: np.ndarray) -> dict:
     """Separable Gaussian (z, xy) with gain and offset, fitted to the FDK volume."""
     box = central(truth)
-    pad = tuple(slice(max(0, s.start - 8), s.stop + 8) for s in box)
+    pad = tuple(slice(max(0, s.start - 8), min(n, s.stop + 8))
+                for s, n in zip(box, truth.shape, strict=True))  # fmt: skip
     inner = tuple(slice(s.start - p.start, s.start - p.start + (s.stop - s.start))
                   for s, p in zip(box, pad, strict=True))  # fmt: skip
     target, source = fdk[box].astype(np.float64), truth[pad].astype(np.float64)
