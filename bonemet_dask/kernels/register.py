@@ -6,7 +6,9 @@ float32 volumes (see :mod:`bonemet_dask.ops.register` for the graph around it). 
 
 The metric is the normalised cross-correlation (NCC) of the fixed volume and the trilinearly
 resampled moving volume over sample voxels of the fixed volume near its bone (moving samples
-outside the volume count as 0, i.e. air).  The optimiser is Powell's method on six parameters
+outside the volume count as 0, i.e. air).  Time registration can leave out the regions that
+really changed between the scans (:func:`changed_regions`): a lesion that removes a millimetre
+of cortex otherwise pulls a tube-like shaft along its own axis.  The optimiser is Powell's method on six parameters
 scaled to "voxels of displacement": three translations in voxels of the level, and a rotation
 vector whose unit turns a point at the bone's radius of gyration by one voxel.
 """
@@ -28,6 +30,7 @@ __all__ = [
     "BONEMET_ROLL_STARTS",
     "FULL_ROLL_STARTS",
     "Level",
+    "changed_regions",
     "ncc",
     "principal_axes",
     "register_levels",
@@ -40,6 +43,9 @@ BONEMET_ROLL_STARTS = tuple(np.pi * i / 16 for i in range(-16, 10))
 FULL_ROLL_STARTS = tuple(np.pi * i / 16 for i in range(-16, 16))
 """32 starts every 11.25 degrees round the whole circle (the default: no roll is out of reach)."""
 MAX_SAMPLES = 300_000
+MAX_CHANGED_FRACTION = 0.25
+"""A change exclusion that would drop more of the samples than this is not trusted: so much
+"change" means the fit itself is wrong, and the plain fit is kept."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,78 @@ def axis_starts(
     return starts, radius
 
 
+def changed_regions(
+    fixed: Level,
+    moving: Level,
+    transform: RigidTransform,
+    samples: np.ndarray,
+    *,
+    smoothing: float = 2.0,
+    contrast: float = 0.15,
+    sigmas: float = 3.0,
+    margin: int = 2,
+) -> np.ndarray:
+    """Where the tibia changed between the fixed and the aligned moving volume.
+
+    The moving volume is resampled onto the fixed grid through ``transform`` and fitted to the
+    fixed one by a gain and an offset over ``samples``.  The residual is smoothed by a Gaussian
+    of ``smoothing`` voxels: a small misalignment leaves a thin two-signed sheet along every
+    edge, and noise or interpolation differences in fine trabeculae are zero-mean, so smoothing
+    cancels them, whereas bone that vanished (a lesion) or appeared (woven bone) leaves a
+    one-signed blob that survives.  Voxels whose smoothed residual exceeds both ``contrast``
+    times the bone's contrast (99th minus 50th percentile of the fixed samples) and ``sigmas``
+    robust standard deviations of it (1.4826 MAD over the samples) are changed, grown by
+    ``margin`` voxels to cover the blobs' blurred rims.
+
+    Parameters
+    ----------
+    fixed, moving : Level
+        The two volumes (one pyramid level).
+    transform : RigidTransform
+        Fixed micrometres to moving micrometres, the current fit.
+    samples : numpy.ndarray
+        Fixed voxel indices (n, 3) the metric uses.
+    smoothing : float
+        Gaussian sigma of the residual's smoothing, voxels.
+    contrast : float
+        Threshold on the smoothed residual, as a fraction of the bone's contrast.
+    sigmas : float
+        Threshold on the smoothed residual, in its robust standard deviations.
+    margin : int
+        Dilation of the changed regions, voxels.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, the fixed volume's shape: True where the tibia changed.
+    """
+    matrix, offset = transform.index_affine(
+        fixed.spacing, moving.spacing, fixed_origin=fixed.origin, moving_origin=moving.origin
+    )
+    aligned = ndimage.affine_transform(
+        np.asarray(moving.image, np.float32), matrix, offset=offset,
+        output_shape=fixed.image.shape, order=1, mode="constant", cval=0.0,
+    )  # fmt: skip
+    where = tuple(samples.T)
+    f = fixed.image[where].astype(np.float64)
+    m = aligned[where].astype(np.float64)
+    design = np.stack([m, np.ones_like(m)], axis=1)
+    (gain, bias), *_ = np.linalg.lstsq(design, f, rcond=None)
+    residual = fixed.image - (np.float32(gain) * aligned + np.float32(bias))
+    smoothed = ndimage.gaussian_filter(residual, smoothing)
+    r = smoothed[where]
+    spread = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    low, high = np.percentile(f, [50, 99])
+    level = max(sigmas * spread, contrast * float(high - low))
+    if level <= 0:
+        return np.zeros(fixed.image.shape, bool)
+    changed = np.abs(smoothed) > level
+    if margin and changed.any():
+        ball = ndimage.generate_binary_structure(3, 1)
+        changed = ndimage.binary_dilation(changed, ball, iterations=margin)
+    return changed
+
+
 @dataclass
 class LevelResult:
     """How one pyramid level went."""
@@ -266,6 +344,8 @@ class SearchResult:
     start: str
     start_scores: list[tuple[str, float]] = field(default_factory=list)
     levels: list[LevelResult] = field(default_factory=list)
+    changed_fraction: float = 0.0
+    """Fraction of the finest level's samples left out as changed (0 without exclusion)."""
 
 
 def _optimise(
@@ -315,6 +395,7 @@ def register_levels(
     keep_starts: int = 3,
     initial: RigidTransform | None = None,
     max_evals: int = 600,
+    exclude_change_rounds: int = 0,
 ) -> SearchResult:
     """Multi-start, coarse-to-fine rigid registration of two in-memory volumes.
 
@@ -336,6 +417,12 @@ def register_levels(
         Skip the principal-axes search and start from this transform.
     max_evals : int
         Metric evaluations per Powell run.
+    exclude_change_rounds : int
+        After the finest level, refit up to this many times without the samples in
+        :func:`changed_regions` (stopping when they no longer change).  For time registration,
+        where a lesion or new bone would otherwise bias the fit; 0 (default) keeps every sample.
+        ``metric`` is then the NCC over the unchanged samples (how well the bone that did not
+        change matches); at most ``MAX_CHANGED_FRACTION`` of them can be left out.
 
     Returns
     -------
@@ -375,4 +462,28 @@ def register_levels(
             fixed_l, moving_l, transform, radius, samples, xtol=0.02, max_evals=max_evals
         )
         levels.append(LevelResult(fixed_l.spacing, metric, evals))
-    return SearchResult(transform, metric, start_name, [scored[i] for i in order], levels)
+    fixed_l, moving_l = pyramid[-1]
+    samples = sample_points(fixed_l, threshold * 0.5)
+    excluded = np.zeros(len(samples), bool)
+    changed_fraction = 0.0
+    for _ in range(max(0, int(exclude_change_rounds))):
+        blobs = changed_regions(fixed_l, moving_l, transform, samples)
+        now = blobs[tuple(samples.T)]
+        fraction = float(now.mean())
+        if fraction > MAX_CHANGED_FRACTION:
+            logger.warning(
+                "%.0f%% of the samples look changed (more than %.0f%%): keeping the fit "
+                "without change exclusion", 100 * fraction, 100 * MAX_CHANGED_FRACTION,
+            )  # fmt: skip
+            break
+        if np.array_equal(now, excluded):
+            break
+        excluded, changed_fraction = now, fraction
+        transform, metric, evals = _optimise(
+            fixed_l, moving_l, transform, radius, samples[~excluded], xtol=0.02,
+            max_evals=max_evals,
+        )  # fmt: skip
+        levels.append(LevelResult(fixed_l.spacing, metric, evals))
+    return SearchResult(
+        transform, metric, start_name, [scored[i] for i in order], levels, changed_fraction
+    )

@@ -48,6 +48,9 @@ class Register(
     keep_starts: int = setting(3, "Roll starts refined after the first scoring pass.")
     min_metric: float | None = setting(None, "Quality threshold on the final NCC.")
     max_evals: int = setting(600, "Metric evaluations per optimiser run.")
+    exclude_changes: bool = setting(
+        True, "Time registration: refit without the regions that changed (lesion, new bone)."
+    )
     reference: Any = setting(
         None, "Your own vertical reference tibia.", cli=False, fingerprint=False
     )
@@ -106,7 +109,7 @@ class Register(
                 moving, fixed, reference=self.reference, threshold=self.threshold,
                 levels_um=self.levels_um, roll_starts=self.roll_starts,
                 keep_starts=self.keep_starts, min_metric=self.min_metric,
-                max_evals=self.max_evals,
+                max_evals=self.max_evals, exclude_changes=self.exclude_changes,
             )  # fmt: skip
             (search,) = context.compute(plan.search)
             result = finish(plan, search)
@@ -154,7 +157,7 @@ def register_store(store: Any, out: Any = None, **options: Any) -> StageReport:
         ``mice``, ``weeks`` and ``sides`` (a later week whose baseline week is not selected is
         registered against the baseline's ``regist_ct`` group already in ``out``); the settings
         of :class:`Register` (``threshold``, ``roll_starts``, ``levels_um``, ``keep_starts``,
-        ``min_metric``, ``max_evals``, ``reference``, ``slices_per_shard``: see
+        ``min_metric``, ``max_evals``, ``exclude_changes``, ``reference``, ``slices_per_shard``: see
         :func:`bonemet_dask.register`); the engine's (``overwrite``, ``client``,
         ``concurrency``, ``compute``, ``storage_options``, ``progress``).
 

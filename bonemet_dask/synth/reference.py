@@ -145,13 +145,16 @@ def posed_tibia(
     noise_sigma: float = 2.0,
     seed: int = 0,
     supersample: int = 1,
+    reconstructed: bool = False,
 ) -> tuple[xr.DataArray, object]:
     """A Seg-CT-like crop of a tibia (with fibula and soft tissue) in a known rigid pose.
 
     The leg's side frame is moved by ``p -> R p + t`` (``R`` from ``angles_deg`` about world
     z, y, x, as :func:`bonemet_dask.synth.anatomy.random_pose` draws them), voxelised on an
     axis-aligned box around the posed bone plus ``margin_mm``, cut at the knee (femur and
-    patella left out) and turned into noisy 8-bit grey.
+    patella left out) and turned into noisy 8-bit grey: white noise of ``noise_sigma`` grey
+    levels, or with ``reconstructed`` FDK's blur and correlated noise at this voxel size
+    (:func:`bonemet_dask.synth.imaging.reconstructed`), as the generator's image products.
 
     Returns
     -------
@@ -182,6 +185,13 @@ def posed_tibia(
     centre = ((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, top - (shape[0] - 1) / 2 * h)
     grid = VolumeGrid(shape, h, centre)
     mu = voxelize(phantom, grid, supersample=supersample)
+    if reconstructed:
+        from bonemet_dask.synth.imaging import noise_std_per_mm
+        from bonemet_dask.synth.imaging import reconstructed as as_reconstructed
+
+        white = np.random.default_rng(seed).standard_normal(mu.shape, dtype=np.float32)
+        mu = as_reconstructed(mu, white, noise_std=noise_std_per_mm(h))
+        noise_sigma = 0.0
     grey = mu * (255.0 / WINDOW_MAX_PER_MM)
     if noise_sigma:
         grey = grey + np.random.default_rng(seed).normal(0.0, noise_sigma, size=grey.shape)
