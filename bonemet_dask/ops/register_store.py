@@ -49,7 +49,9 @@ class Register(
     min_metric: float | None = setting(None, "Quality threshold on the final NCC.")
     max_evals: int = setting(600, "Metric evaluations per optimiser run.")
     exclude_changes: bool = setting(
-        True, "Time registration: refit without the regions that changed (lesion, new bone)."
+        True,
+        "Time registration: refit without the regions that changed (lesion, new bone).",
+        cli="--exclude-changes/--keep-changes",
     )
     reference: Any = setting(
         None, "Your own vertical reference tibia.", cli=False, fingerprint=False

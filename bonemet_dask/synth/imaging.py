@@ -24,12 +24,12 @@ from scipy import ndimage
 
 __all__ = ["FDK_BLUR_SIGMA", "FDK_NOISE_SIGMA", "HALO_SLICES", "noise_std_per_mm", "reconstructed"]
 
-FDK_BLUR_SIGMA: Final = (0.55, 0.80, 0.80)
-"""Gaussian sigma (slice, y, x) of FDK's blur, voxels, fitted on the reconstruction of
-noise-free projections (``benchmarks/fdk_psf.py``): slice 0.58 / 0.52, in-plane 0.82 / 0.81 /
-0.76 at tiny / small / medium; gain 0.996-1.006.  (At medium the fitted slice sigma, 2.3, is
-not constrained: its central crop holds no edge across the slices, the bones running along
-them.)  RMSE against the phantom: 4.5x (tiny), 4.2x (small), 1.7x (medium) lower than the
+FDK_BLUR_SIGMA: Final = (0.65, 0.79, 0.79)
+"""Gaussian sigma (slice, y, x) of FDK's blur, voxels, fitted (``benchmarks/fdk_psf.py``) on
+slices that hold edges across them, away from the volume's ends where a cone beam's data are
+incomplete: slice 0.63 / 0.66 (knee and ankle slabs), in-plane 0.80 / 0.77-0.79 at small /
+medium; gain 0.99-1.00.  The shaft alone does not constrain the slice sigma (its edges run
+along the slices).  RMSE against the phantom: 4.2x (small), 1.7x (medium) lower than the
 phantom voxelised unblurred."""
 FDK_NOISE_SIGMA: Final = (0.63, 1.0, 1.0)
 """Sigma (slice, y, x), voxels, of the Gaussian that shapes white noise into FDK's: lag-1
