@@ -64,8 +64,9 @@ def scan_volumes(workdir: Path, size: str) -> tuple[np.ndarray, np.ndarray, np.n
     return fdk, noiseless, truth
 
 
-def central(volume: np.ndarray, fraction: float = 0.7, limit: int = 160,
-            ends: float = 0.08) -> tuple[slice, ...]:
+def central(
+    volume: np.ndarray, fraction: float = 0.7, limit: int = 160, ends: float = 0.08
+) -> tuple[slice, ...]:
     """The slices but the ``ends`` at each end, and in-plane the central ``fraction``.
 
     Slices: the knee and the ankle are the only edges across the slices (the bones run along
@@ -73,7 +74,7 @@ def central(volume: np.ndarray, fraction: float = 0.7, limit: int = 160,
     RMSE there is 3x the rest at medium) and would pass for blur.  In-plane: the central
     ``fraction`` (at most ``limit`` voxels), away from the field-of-view edge.
     """
-    cut = int(round(volume.shape[0] * ends))
+    cut = round(volume.shape[0] * ends)
     out = [slice(cut, volume.shape[0] - cut)]
     for n in volume.shape[1:]:
         m = min(limit, max(8, int(n * fraction)))

@@ -8,9 +8,10 @@ The metric is the normalised cross-correlation (NCC) of the fixed volume and the
 resampled moving volume over sample voxels of the fixed volume near its bone (moving samples
 outside the volume count as 0, i.e. air).  Time registration can leave out the regions that
 really changed between the scans (:func:`changed_regions`): a lesion that removes a millimetre
-of cortex otherwise pulls a tube-like shaft along its own axis.  The optimiser is Powell's method on six parameters
-scaled to "voxels of displacement": three translations in voxels of the level, and a rotation
-vector whose unit turns a point at the bone's radius of gyration by one voxel.
+of cortex otherwise pulls a tube-like shaft along its own axis.  The optimiser is Powell's
+method on six parameters scaled to "voxels of displacement": three translations in voxels of
+the level, and a rotation vector whose unit turns a point at the bone's radius of gyration by
+one voxel.
 """
 
 from __future__ import annotations
