@@ -6,15 +6,17 @@ Run: ``.venv/bin/python benchmarks/accuracy_chain.py [--size medium] [--mice 2] 
 Writes a synthetic tree (one injected mouse with seed 0), then runs ``bm.run`` twice on an
 embedded LocalCluster: from the raw projections (our FDK on NRecon's grid and window) and from
 the published Recon-CT (which the generator makes like a reconstruction: the phantom with FDK's
-measured blur and noise, ``bonemet_dask.synth.imaging``).  Per tibia and week it compares
-both with each other and with the phantom's analytic truth (``synthetic_truth.json`` and the
+measured blur and noise, ``bonemet_dask.synth.imaging``). Per tibia and week it compares both
+with each other and with the phantom's analytic truth (``synthetic_truth.json`` and the
 phantom's primitives voxelised): segmentation Dice, tibia + fibula bone volume, junction slice,
-RoI bone volume, formed and resorbed volume.  Prints one table and the checks of issue 11, and
-writes them as JSON.  An error budget of the false change follows: on the control tibiae (no
-lesion), the formed and resorbed volume of (a) our chain with every change cluster counted,
-(b) our chain as run (clusters of 5 voxels or more), (c) the generator's published RoI-CT
-(perfectly aligned by construction, so only a reconstruction's noise and blur), (d) the same
-with clusters of 5 or more: (a) - (c) is what registration and resampling add.
+RoI bone volume, formed and resorbed volume, and how far each time registration (week >= 1 to
+the registered week 0) moves the tibia's bone from where the phantom's poses put it. Prints one
+table and the checks of issue 11, and writes them as JSON. An error budget of the false change
+follows: on the control tibiae (no lesion), the formed and resorbed volume of (a) our chain with
+every change cluster counted, (b) our chain as run (clusters of 5 voxels or more), (c) the
+generator's published RoI-CT (perfectly aligned by construction, so only a reconstruction's
+noise and blur), (d) the same with clusters of 5 or more: (a) - (c) is what registration and
+resampling add.
 ``--workdir`` keeps the tree and stores, so a rerun only recomputes what
 changed (``run`` is resumable).
 """
@@ -56,6 +58,43 @@ def truth_mask(config: SynthConfig, truth: dict, mouse: str, side: str, week: in
     return np.rint(mu * (255 / WINDOW_MAX_PER_MM)) >= THRESHOLD
 
 
+def registration_error(group, config: SynthConfig, truth: dict, mouse: str, side: str,
+                       week: int) -> float | None:  # fmt: skip
+    """Mean distance (voxels) between where a time registration and the truth put the bone.
+
+    The true map from the registered week 0 to week ``week``'s Seg-CT is the chain's own week-0
+    registration followed by the phantom's motion between the two scans (the Seg-CT crop boxes,
+    the reconstruction grid and the weekly poses); it is evaluated at week 0's registered bone.
+    """
+    from bonemet_dask.transform import RigidTransform
+
+    paths = [f"regist_ct/{mouse}/{side}/week{w}" for w in (0, week)]
+    if week == 0 or any(group.get(p) is None for p in paths):
+        return None
+    grid = config.recon_grid()
+    h_um = config.voxel_size * 1000
+    poses = truth["mice"][mouse]["weeks"]
+
+    def world(points, w):
+        box = group[f"seg_ct/{mouse}/{side}/week{w}"].attrs["bonemet"]["crop_box"]
+        return grid.index_to_world(points / h_um + np.asarray(box["lo"]))
+
+    def seg_um(points, w):
+        box = group[f"seg_ct/{mouse}/{side}/week{w}"].attrs["bonemet"]["crop_box"]
+        return (grid.world_to_index(points) - np.asarray(box["lo"])) * h_um
+
+    def transform(path):
+        return RigidTransform.from_dict(group[path].attrs["bonemet"]["registration"]["transform"])
+
+    bone = np.argwhere(group[paths[0]]["0"][:] >= THRESHOLD)[::25].astype(np.float64) * h_um
+    rotation0, shift0 = pose_matrix(poses["0"]["pose"])
+    rotation, shift = pose_matrix(poses[str(week)]["pose"])
+    holder = (world(transform(paths[0]).apply(bone), 0) - shift0) @ rotation0
+    expected = seg_um(holder @ rotation.T + shift, week)
+    found = transform(paths[1]).apply(bone)
+    return float(np.linalg.norm(found - expected, axis=1).mean() / h_um)
+
+
 def measure(root: Path, config: SynthConfig, stores: dict[str, Path]) -> list[dict]:
     truth = json.loads((root / "src" / TRUTH_FILE).read_text())
     h_mm = config.voxel_size
@@ -88,6 +127,9 @@ def measure(root: Path, config: SynthConfig, stores: dict[str, Path]) -> list[di
                             sharp = truth_mask(config, truth, mouse, side, week, box)
                             row["bone_truth"] = float(sharp.sum() * h_mm**3)
                             row["dice_projections"] = _dice(mask, sharp)
+                    row[f"registration_error_{name}"] = registration_error(
+                        root_group, config, truth, mouse, side, week
+                    )
                     roi = root_group.get(f"roi_ct/{mouse}/{side}/week{week}")
                     if roi is not None:
                         attrs = roi.attrs["bonemet"]
@@ -160,6 +202,11 @@ def checks(rows: list[dict], weeks: int) -> dict:
         ),
     }
     later = [r for r in rows if r["week"] >= 1]
+    for name in ("projections", "recon"):
+        errors = [r[f"registration_error_{name}"] for r in later
+                  if r.get(f"registration_error_{name}") is not None]  # fmt: skip
+        if errors:
+            out[f"registration_error_{name}_voxels"] = max(errors)
     for week in range(1, weeks):
         injected = [r["resorbed_projections"] for r in later if r["injected"] and r["week"] == week]
         controls = [r["resorbed_projections"] for r in later
@@ -214,7 +261,7 @@ def main() -> None:
     columns = ["mouse", "side", "week", "dice_projections", "bone_projections", "bone_recon",
                "bone_truth", "junction_projections", "junction_recon", "junction_truth",
                "roi_bone_projections", "roi_bone_recon", "roi_bone_truth",
-               "roi_bone_blurred_truth", "formed_projections",
+               "roi_bone_blurred_truth", "registration_error_projections", "formed_projections",
                "formed_recon", "formed_truth", "resorbed_projections", "resorbed_recon",
                "resorbed_truth"]  # fmt: skip
     print(" ".join(f"{c[:14]:>14}" for c in columns))
