@@ -143,7 +143,12 @@ OverwriteOpt = Annotated[
     typer.Option(help="Replace groups written otherwise (e.g. the published products)."),
 ]
 ClusterOpt = Annotated[
-    str, typer.Option(help="'none' (dask's scheduler here), 'local', 'slurm', 'gpu' or an address.")
+    str,
+    typer.Option(
+        help="'none' (dask's scheduler here), 'local', 'slurm', 'pbs', 'gpu', a scheduler "
+        "address or file; batch jobs sized as KIND:KEY=VALUE,... e.g. "
+        "slurm:cores=32,memory=128GiB,walltime=24:00:00,queue=q,account=a,jobs=8 or adapt=0-16."
+    ),
 ]
 ConcurrencyOpt = Annotated[
     int | None, typer.Option(help="Units (scans, tibiae, mice) in flight at once.", min=1)
@@ -722,14 +727,15 @@ def _client(cluster: str):
     if cluster == "none":
         yield None
         return
-    from bonemet_dask.cluster import connect
+    from bonemet_dask.cluster import connect, dashboard_hint, parse_cluster_spec
 
     try:
-        client = connect(cluster)
+        kind, options = parse_cluster_spec(cluster)
+        client = connect(kind, **options)
     except (ValueError, ImportError) as err:
         raise typer.BadParameter(str(err), param_hint="--cluster") from None
     with client:
-        err_console.print(f"Dask dashboard: {client.dashboard_link}")
+        err_console.print(dashboard_hint(client), markup=False, highlight=False)
         yield client
 
 
