@@ -178,6 +178,14 @@ def _search_task(
     )
 
 
+def _reference_volume(side: str, voxel_size_um: float, factor: int) -> np.ndarray:
+    """The default vertical reference as float32 (the task that feeds sample registration)."""
+    from bonemet_dask.synth.reference import reference_tibia
+
+    reference = reference_tibia(side, voxel_size_um=voxel_size_um, factor=factor)
+    return np.asarray(reference.values, np.float32)
+
+
 @dataclass
 class _Plan:
     """A registration as a delayed search plus what is needed to read its result."""
@@ -241,7 +249,7 @@ def plan_registration(
         k_f = max(1, round(finest / min(out_spacing)))
         fixed_data, f_spacing, f_origin = _binned(target, k_f)
     else:
-        from bonemet_dask.synth.reference import reference_grid, reference_tibia
+        from bonemet_dask.synth.reference import reference_grid
 
         side = side or (str(moving["side"].item()) if "side" in moving.coords else None)
         if side not in ("left", "right"):
@@ -253,10 +261,15 @@ def plan_registration(
         out_shape = reference_grid(side, h).shape
         out_spacing = (h, h, h)
         k_f = k_m
-        ref = reference_tibia(side, voxel_size_um=h, factor=k_f)
-        fixed_data = da.from_array(np.asarray(ref.values, np.float32), chunks=-1)
-        f_spacing = voxel_size_um(ref)
-        f_origin = origin_um(ref)
+        # voxelised by the task that needs it (cached per worker), not shipped in the graph
+        # (25 MiB at 40 um)
+        fixed_data = da.from_delayed(
+            dask.delayed(_reference_volume, pure=True)(side, h, k_f),
+            shape=reference_grid(side, h, factor=k_f).shape,
+            dtype=np.float32,
+        )
+        f_spacing = (h * k_f,) * 3
+        f_origin = ((k_f - 1) / 2 * h,) * 3
     factors = _pyramid_factors(levels_um, finest)
     options = {
         "threshold": float(threshold),
