@@ -33,3 +33,26 @@ def test_s3_source_to_s3_store_round_trip(s3_endpoint, tmp_path):
     tree = open_store("s3://bonemet/store.zarr")
     image = tree["recon_ct/851/both/week0"].dataset["image"]
     np.testing.assert_array_equal(image.values, near["recon_ct/851/both/week0"]["0"][:])
+
+
+def test_run_from_and_to_s3_resumes(s3_endpoint, tmp_path):
+    import s3fs
+
+    import bonemet_dask as bm
+
+    config = SynthConfig(mice=1, weeks=2, size="tiny", seed=0, components=("recon_ct",))
+    generate(str(tmp_path / "src"), config)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("chain")
+    fs.put(f"{tmp_path / 'src'}/", "chain/src/", recursive=True)
+    source, store = "s3://chain/src", "s3://chain/store.zarr"
+    first = bm.run(source, store, start="recon_ct", until="register")  # tiny: no fibula
+    assert first.exit_code == 0
+    assert len(first.stages["register"].written) == 4  # 2 tibiae x 2 weeks
+    root = zarr.open_group(open_zarr_store(store), mode="r")
+    moved = root["regist_ct/851/right/week1"]
+    assert moved.attrs["bonemet"]["status"] == "complete" and moved["0"][:].any()
+    again = bm.run(source, store, start="recon_ct", until="register")
+    assert again.exit_code == 0
+    for report in again.stages.values():
+        assert not report.written and report.outcomes  # all up to date, nothing rewritten
