@@ -215,7 +215,13 @@ def deepest_valley(profile: np.ndarray) -> tuple[int, float]:
     return stop, best
 
 
-def knee_cut(profile: np.ndarray, *, min_depth: float = 0.25) -> int | None:
+def knee_cut(
+    profile: np.ndarray,
+    *,
+    min_depth: float = 0.25,
+    level: str = "bottom",
+    smoothing: float = 0.0,
+) -> int | None:
     """Index of the knee joint space in a bone-area profile through a knee, or None.
 
     Parameters
@@ -225,17 +231,36 @@ def knee_cut(profile: np.ndarray, *, min_depth: float = 0.25) -> int | None:
     min_depth : float
         Smallest valley depth counted as a joint, as a fraction of the widest section; shallower
         valleys are dips within one bone (a fibular head, the end of the solid plateau).
+    level : {"bottom", "edge"}
+        ``"bottom"``: the valley's lowest slice.  ``"edge"``: the last slice before the profile
+        has risen halfway from that bottom to the highest section below it, i.e. just above
+        the tibial plateau's surface.  A reconstruction smears bone into the joint space and
+        puts bright bands on horizontal surfaces (cone-beam FDK does at the knee), which moves
+        the bottom by several slices but not the half-rise of the plateau.
+    smoothing : float
+        Gaussian sigma, slices, applied to the profile first (the bands are a few slices
+        thick, the joint space wider).
 
     Returns
     -------
     int or None
-        The last slice of the valley's bottom (the tibia starts below it), or None when the
+        The last slice of the joint space (the tibia starts below it), or None when the
         profile has no valley that deep (no femur above the tibia in the slab).
     """
-    values = np.asarray(profile)
+    if level not in ("bottom", "edge"):
+        raise ValueError(f"level={level!r} is not 'bottom' or 'edge'")
+    values = np.asarray(profile, dtype=np.float64)
+    if values.size and smoothing > 0:
+        from scipy import ndimage
+
+        values = ndimage.gaussian_filter1d(values, float(smoothing), mode="nearest")
     index, depth = deepest_valley(values)
     if values.size == 0 or depth <= 0 or depth < min_depth * float(values.max()):
         return None
+    if level == "edge":
+        half = (values[index] + values[index:].max()) / 2
+        while index + 1 < values.size and values[index + 1] < half:
+            index += 1
     return index
 
 

@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 SIDES_BY_X = ("left", "right")
 """Legs by increasing x index: the left leg lies at world ``-x`` (:mod:`bonemet_dask.geometry`)."""
 MIN_LEG_FRACTION = 0.1
+KNEE_SMOOTHING_UM = 60.0
+"""Gaussian sigma (micrometres) of the bone-area profile's smoothing before the knee cut at
+the ``"edge"`` level: wider than a reconstruction's bright bands at the plateau (a few 40 um
+slices), narrower than the joint space."""
 """A second bone cluster smaller than this fraction of the largest is not counted as a leg."""
 
 
@@ -54,6 +58,7 @@ def segment_tibiae(
     margin_um: float = 300.0,
     binning: int = 4,
     knee_search_um: float = 2000.0,
+    knee_level: str = "edge",
     voxel_size_um: float | None = None,
 ) -> dict[str, xr.DataArray]:
     """Crop both tibiae (with their fibulae, below the knee) out of a hindlimb reconstruction.
@@ -73,6 +78,13 @@ def segment_tibiae(
     knee_search_um : float
         Half height of the full-resolution slab searched for the knee joint, micrometres,
         centred on the leg's widest cross-section (the condyles or the tibial plateau).
+    knee_level : {"edge", "bottom"}
+        Where in the joint space the cut goes: ``"edge"`` (default) just above the tibial
+        plateau's surface, where the bone area has risen halfway from the joint's floor to the
+        plateau (profile smoothed by :data:`KNEE_SMOOTHING_UM`); ``"bottom"`` the floor itself.
+        The floor moves with a reconstruction's smear across the joint and its bright bands at
+        the plateau (by -4 to +7 slices at 40 um, against 0 to 1 for the edge), see
+        :func:`bonemet_dask.kernels.segment.knee_cut`.
     voxel_size_um : float, optional
         Voxel edge in micrometres; default the spacing of the ``x`` coordinate (micrometres).
 
@@ -97,9 +109,10 @@ def segment_tibiae(
 
     Notes
     -----
-    The knee cut is the deepest valley of the bone area per slice between the femoral condyles
-    and the tibial plateau (the joint space), found on full-resolution slices; the crop starts
-    on the slice below it.  Without a valley at least a quarter as deep as the widest section
+    The knee cut is in the deepest valley of the bone area per slice between the femoral
+    condyles and the tibial plateau (the joint space), found on full-resolution slices, at its
+    ``knee_level``; the crop starts on the slice below it.  Without a valley at least a quarter
+    as deep as the widest section
     (no femur in the field of view) the crop starts at the leg's first bone slice.  The tibia
     is the largest connected bone below the cut on the binned copy; the fibula, joined to it at
     the head and distally, comes with it.  The mask is ``grey >= threshold`` within one bin of
@@ -108,6 +121,8 @@ def segment_tibiae(
     scan = _describe(volume)
     factor, h_um = _check_volume(volume, threshold, binning, margin_um, knee_search_um)
     threshold, margin_um, knee_search_um = int(threshold), float(margin_um), float(knee_search_um)
+    if knee_level not in ("edge", "bottom"):
+        raise ValueError(f"knee_level={knee_level!r} is not 'edge' or 'bottom'")
     h_um = voxel_size_um or h_um
     if h_um is None or not h_um > 0:
         raise ValueError(
@@ -130,7 +145,8 @@ def segment_tibiae(
     margin = round(margin_um / h_um)
     out = {}
     for side, (lo, hi, _), start, profile in zip(SIDES_BY_X, legs, windows, profiles, strict=True):
-        valley = kernels.knee_cut(profile)
+        valley = kernels.knee_cut(profile, level=knee_level,
+                                  smoothing=KNEE_SMOOTHING_UM / h_um)  # fmt: skip
         cut = lo[0] * factor if valley is None else start + valley + 1
         leg_bone = bone[:, lo[1] : hi[1], lo[2] : hi[2]]
         region, rlo, rhi = kernels.tibia_region(leg_bone, top=cut // factor)
@@ -144,7 +160,8 @@ def segment_tibiae(
         box_hi = tuple(min(data.shape[a], origin[a] + rhi[a] * factor + margin) for a in range(3))
         out[side] = _crop(volume, data, region, origin, box_lo, box_hi, side, factor,
                           threshold=threshold, knee_slice=cut, margin_um=margin_um,
-                          binning=factor, knee_search_um=knee_search_um, scan=scan)  # fmt: skip
+                          binning=factor, knee_search_um=knee_search_um,
+                          knee_level=knee_level, scan=scan)  # fmt: skip
     return out
 
 
@@ -293,7 +310,7 @@ def _crop(volume, data, region, origin, box_lo, box_hi, side, factor, *, scan, *
         "operation": "segment_tibiae",
         "input": scan,
         "parameters": {k: parameters[k] for k in ("threshold", "margin_um", "binning",
-                                                  "knee_search_um")},
+                                                  "knee_search_um", "knee_level")},
     }  # fmt: skip
     bonemet = {
         "side": side,

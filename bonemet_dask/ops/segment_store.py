@@ -34,6 +34,9 @@ class Segment(Stage, name="segment", reads="recon_ct", writes="seg_ct"):
     threshold: int = setting(75, "Bone threshold, grey levels 1..255.")
     margin_um: float = setting(300.0, "Margin around each tibia's box, micrometres.")
     binning: int = setting(4, "Bin edge (voxels) of the copy the bones are found on.")
+    knee_level: str = setting(
+        "edge", "Knee cut: 'edge' (just above the tibial plateau) or 'bottom' (joint floor)."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,6 +44,8 @@ class Segment(Stage, name="segment", reads="recon_ct", writes="seg_ct"):
             raise ValueError(f"threshold={self.threshold!r} must be a grey level in 1..255")
         if not float(self.margin_um) >= 0:
             raise ValueError(f"margin_um={self.margin_um!r} must be >= 0 micrometres")
+        if self.knee_level not in ("edge", "bottom"):
+            raise ValueError(f"knee_level={self.knee_level!r} is not 'edge' or 'bottom'")
 
     def outputs(self, scans: list[ScanRef]) -> list[Output]:
         """A left and a right tibia per hindlimb volume."""
@@ -79,7 +84,8 @@ class Segment(Stage, name="segment", reads="recon_ct", writes="seg_ct"):
         scale = read_ome_scale(context.roots.root(scan.where)[scan.path]) or (1.0, 1.0, 1.0)
         try:
             return segment_tibiae(image, int(self.threshold), margin_um=self.margin_um,
-                                  binning=self.binning, voxel_size_um=scale[2])  # fmt: skip
+                                  binning=self.binning, knee_level=self.knee_level,
+                                  voxel_size_um=scale[2])  # fmt: skip
         except SegmentationError as err:
             return StageFailure(str(err))
 
@@ -95,7 +101,7 @@ def segment_store(store: Any, out: Any = None, **options: Any) -> StageReport:
         Where ``seg_ct/{mouse}/{left,right}/week{k}`` go (default ``store``).
     **options
         ``mice`` and ``weeks``; the settings of :class:`Segment` (``threshold``, ``margin_um``,
-        ``binning``, ``slices_per_shard``, as in
+        ``knee_level``, ``binning``, ``slices_per_shard``, as in
         :func:`~bonemet_dask.ops.segment.segment_tibiae`); the engine's (``overwrite``,
         ``client``, ``concurrency``, ``compute``, ``storage_options``, ``progress``).
         Without ``overwrite``, groups of the published Seg-CT are refused, not replaced.

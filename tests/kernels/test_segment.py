@@ -171,3 +171,25 @@ def test_kernels_on_cupy_equal_numpy():
     assert K.knee_search_range(cupy.asarray(bone), half_width=2) == K.knee_search_range(
         bone, half_width=2
     )
+
+
+# Bone area per slice through one synthetic knee at 40 um (mouse 851, right, week 2): our FDK of
+# the projections (the joint space half filled, bright bands on the plateau's surfaces) and the
+# generator's Recon-CT (the phantom blurred); slice 0 here is slice 219 of the scan, and the
+# joint space's last slice is 237 - 219 = 18 (the tibia starts on the next).
+KNEE_FDK = [4400, 4300, 4100, 3900, 3700, 3500, 3269, 3109, 2947, 2780, 2612, 2363, 2208, 2124,
+            2215, 2370, 2555, 2615, 3464, 6815, 7191, 6420, 5264, 4327, 4270, 4226, 4502, 5684,
+            6580, 4575, 2194, 1886, 1823, 1790, 1799, 1764, 1740, 1723, 1698, 1697]  # fmt: skip
+KNEE_MODEL = [4400, 4300, 4100, 3900, 3700, 3500, 3287, 3113, 2932, 2717, 2489, 2251, 2004, 1734,
+              1451, 1130, 790, 428, 157, 783, 2636, 4105, 4386, 4367, 4340, 4293, 4257, 4190,
+              3282, 2139, 1873, 1873, 1886, 1843, 1829, 1809, 1794, 1787, 1761, 1734]  # fmt: skip
+
+
+def test_knee_cut_at_the_plateau_edge_ignores_the_reconstruction_bands():
+    fdk, model = np.array(KNEE_FDK), np.array(KNEE_MODEL)
+    assert K.knee_cut(model) == 18  # the floor: right on a clean joint space
+    assert K.knee_cut(fdk) == 25  # the floor: between the two bright bands, 7 slices low
+    assert abs(K.knee_cut(fdk, level="edge", smoothing=1.5) - 18) <= 1  # measured 17
+    assert abs(K.knee_cut(model, level="edge", smoothing=1.5) - 18) <= 2  # measured 20
+    with pytest.raises(ValueError, match="level="):
+        K.knee_cut(model, level="middle")

@@ -106,11 +106,12 @@ def test_finds_both_tibiae_with_fibula_and_without_femur(dataset, tree, segmente
         fibula = truth_mask(truth, number, side, ("fibula",))
         assert (mask & fibula).sum() >= 0.95 * fibula.sum()  # kept (measured >= 0.985)
         femur = truth_mask(truth, number, side, ("femur", "patella"))
-        # measured 29-40 voxels of ~5,200: blurred, the condyles and the plateau meet across
+        # measured up to 71 voxels of ~5,700 (29-40 with the blur 0.55 voxel along the slices,
+        # before it was measured at 0.65): blurred, the condyles and the plateau meet across
         # the joint space (2 voxels at 160 um); 0-1 on the phantom voxelised unblurred
-        assert (mask & femur).sum() <= 0.01 * femur.sum()
+        assert (mask & femur).sum() <= 0.015 * femur.sum()
         lo, hi = crop.attrs["bonemet"]["crop_box"].values()
-        assert femur[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].sum() <= 0.01 * femur.sum()
+        assert femur[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].sum() <= 0.015 * femur.sum()
         box = truth["mice"][mouse]["weeks"]["0"]["seg_box"][side]
         # the published crop's box (tibia + fibula primitives + 0.3 mm), within one 4-voxel bin
         assert np.abs(np.subtract(lo, box["lo"])).max() <= 4
