@@ -41,6 +41,10 @@ from bonemet_dask.synth.primitives import Phantom
 from bonemet_dask.synth.render import voxelize
 
 SIDES = ("left", "right")
+JOINT_MM = 0.4
+"""The slices of a Seg-CT this far below its knee cut hold the tibial plateau under the
+femoral condyles, where the reconstruction's smear across the joint space decides what bone
+is there; ``bone_below_joint_*`` leaves them out."""
 BONE = ("tibia", "trabecular", "fibula")
 
 
@@ -111,10 +115,15 @@ def measure(root: Path, config: SynthConfig, stores: dict[str, Path]) -> list[di
                 row["junction_truth"] = roi_truth["junction_regist_slice"]
                 row["roi_bone_truth"] = roi_truth["kept_mm3"] + roi_truth["formed_mm3"]
                 plan = next(p for p in plans if p.mouse == mouse)
-                blurred = reconstructed_tibia_mask(config, plan, side, week,
-                                                   roi_truth["first_regist_slice"],
-                                                   roi_truth["n_slices"], noise=False)  # fmt: skip
+                first, count = roi_truth["first_regist_slice"], roi_truth["n_slices"]
+                blurred = reconstructed_tibia_mask(config, plan, side, week, first, count,
+                                                   noise=False)  # fmt: skip
                 row["roi_bone_blurred_truth"] = float(blurred.sum() * h_mm**3)
+                if week:  # the phantom's own change as a reconstruction blurs it, no noise
+                    before = reconstructed_tibia_mask(config, plan, side, 0, first, count,
+                                                      noise=False)  # fmt: skip
+                    row["formed_blurred_truth"] = float((blurred & ~before).sum() * h_mm**3)
+                    row["resorbed_blurred_truth"] = float((before & ~blurred).sum() * h_mm**3)
                 row["formed_truth"] = roi_truth["formed_mm3"]
                 row["resorbed_truth"] = roi_truth["resorbed_mm3"]
                 for name, root_group in groups.items():
@@ -123,6 +132,8 @@ def measure(root: Path, config: SynthConfig, stores: dict[str, Path]) -> list[di
                         mask = seg["mask"][:].astype(bool)
                         box = seg.attrs["bonemet"]["crop_box"]
                         row[f"bone_{name}"] = float(mask.sum() * h_mm**3)
+                        below = round(JOINT_MM / h_mm)
+                        row[f"bone_below_joint_{name}"] = float(mask[below:].sum() * h_mm**3)
                         if name == "projections":
                             sharp = truth_mask(config, truth, mouse, side, week, box)
                             row["bone_truth"] = float(sharp.sum() * h_mm**3)
@@ -187,6 +198,10 @@ def checks(rows: list[dict], weeks: int) -> dict:
         "junction_projections_vs_recon": max(
             abs(r["junction_projections"] - r["junction_recon"]) for r in rows
         ),
+        "bone_below_joint_projections_vs_recon": max(
+            rel(r.get("bone_below_joint_projections"), r.get("bone_below_joint_recon"))
+            for r in rows
+        ),
         "roi_bone_projections_vs_recon": max(
             rel(r["roi_bone_projections"], r["roi_bone_recon"]) for r in rows
         ),
@@ -219,6 +234,14 @@ def checks(rows: list[dict], weeks: int) -> dict:
     if last:
         out["resorbed_error_fraction_of_lesion"] = max(
             abs(r["resorbed_projections"] - r["resorbed_truth"]) / r["resorbed_truth"] for r in last
+        )
+        out["blur_bias_resorbed_fraction_of_lesion"] = max(
+            abs(r["resorbed_blurred_truth"] - r["resorbed_truth"]) / r["resorbed_truth"]
+            for r in last
+        )
+        out["resorbed_vs_blurred_truth_fraction_of_lesion"] = max(
+            abs(r["resorbed_projections"] - r["resorbed_blurred_truth"]) / r["resorbed_truth"]
+            for r in last
         )
     return out
 
@@ -263,7 +286,7 @@ def main() -> None:
                "roi_bone_projections", "roi_bone_recon", "roi_bone_truth",
                "roi_bone_blurred_truth", "registration_error_projections", "formed_projections",
                "formed_recon", "formed_truth", "resorbed_projections", "resorbed_recon",
-               "resorbed_truth"]  # fmt: skip
+               "resorbed_truth", "resorbed_blurred_truth"]  # fmt: skip
     print(" ".join(f"{c[:14]:>14}" for c in columns))
     for row in rows:
         print(" ".join(f"{_cell(row.get(c)):>14}" for c in columns))
