@@ -1,6 +1,9 @@
 """The blur and noise our FDK (NRecon's settings) puts on the synthetic phantom, in voxels.
 
-Run: ``.venv/bin/python benchmarks/fdk_psf.py [--sizes tiny small medium] [--json]``
+Run: ``.venv/bin/python benchmarks/fdk_psf.py [--sizes tiny small medium] [--json]``, or on
+slabs of reconstructions already made: ``.venv/bin/python benchmarks/fdk_psf.py --workdir DIR
+--size medium --slabs 200:300 560:660`` (``DIR`` an ``accuracy_chain.py --workdir``: its
+``from_projections.zarr`` is our FDK, its ``from_recon.zarr`` the generator's Recon-CT).
 
 For each size: one synthetic scan's projections are converted and reconstructed to float
 attenuation (Hamming 0.54, the grid and window of its Recon-CT ``.log``: what ``run`` does), and
@@ -132,11 +135,68 @@ def fit_noise(fdk: np.ndarray, truth: np.ndarray, blur: dict) -> dict:
     return out
 
 
+def fit_slab(volume: np.ndarray, phantom: np.ndarray) -> dict:
+    """Separable Gaussian blur (z, xy), gain and offset of one slab against the phantom.
+
+    In-plane the central 300 voxels, and 8 slices off each end of the slab (the blur's reach).
+    """
+    n = phantom.shape
+    inner = (slice(8, n[0] - 8),
+             *(slice(max(0, (m - 300) // 2), max(0, (m - 300) // 2) + min(300, m))
+               for m in n[1:]))  # fmt: skip
+    target = volume[inner].ravel()
+
+    def residual(sigmas):
+        blurred = ndimage.gaussian_filter(phantom, (sigmas[0], sigmas[1], sigmas[1]))[inner]
+        design = np.stack([blurred.ravel(), np.ones(blurred.size)], axis=1)
+        coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+        return float(np.mean((design @ coef - target) ** 2)), coef
+
+    grid = [(z, xy) for z in (0.4, 0.6, 0.8, 1.0, 1.3, 1.6) for xy in (0.6, 0.8, 1.0)]
+    start = min(grid, key=lambda s: residual(s)[0])
+    best = optimize.minimize(lambda s: residual(np.abs(s))[0], start, method="Nelder-Mead",
+                             options={"xatol": 0.02, "fatol": 1e-14})  # fmt: skip
+    sigmas = np.abs(best.x)
+    mse, (gain, _) = residual(sigmas)
+    return {"sigma_z": round(float(sigmas[0]), 3), "sigma_xy": round(float(sigmas[1]), 3),
+            "gain": round(float(gain), 4), "rmse_per_mm": float(np.sqrt(mse))}  # fmt: skip
+
+
+def slab_fits(workdir: Path, size: str, slabs: list[str]) -> list[dict]:
+    """Our FDK and the generator's Recon-CT of mouse 851's week 0, fitted slab by slab."""
+    from bonemet_dask.synth.config import WINDOW_MAX_PER_MM
+
+    truth = json.loads((workdir / "src" / "synthetic_truth.json").read_text())
+    config = SynthConfig(**{k: truth["generator"]["config"][k]
+                            for k in ("mice", "weeks", "size", "seed")})  # fmt: skip
+    assert config.size == size, (config.size, size)
+    world = hindlimb_phantom(plan_mice(config)[0].legs, 0,
+                             pose_matrix(truth["mice"]["851"]["weeks"]["0"]["pose"]))  # fmt: skip
+    rows = []
+    for text in slabs:
+        lo, hi = (int(v) for v in text.split(":"))
+        phantom = voxelize(world.pack(), config.recon_grid().slab(lo, hi), supersample=2)
+        row = {"size": size, "slab": text}
+        for name in ("projections", "recon"):
+            group = zarr.open_group(str(workdir / f"from_{name}.zarr"), mode="r")
+            grey = group["recon_ct/851/both/week0/0"][lo:hi].astype(np.float64)
+            row[name] = fit_slab(grey * (WINDOW_MAX_PER_MM / 255), phantom.astype(np.float64))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--size", default="medium")
+    parser.add_argument("--slabs", nargs="+", default=["200:300", "560:660"])
     args = parser.parse_args()
+    if args.workdir:
+        slab_fits(args.workdir, args.size, args.slabs)
+        return
     rows = []
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
