@@ -397,6 +397,7 @@ def register_levels(
     initial: RigidTransform | None = None,
     max_evals: int = 600,
     exclude_change_rounds: int = 0,
+    axial_restarts: Sequence[float] = (),
 ) -> SearchResult:
     """Multi-start, coarse-to-fine rigid registration of two in-memory volumes.
 
@@ -424,6 +425,10 @@ def register_levels(
         where a lesion or new bone would otherwise bias the fit; 0 (default) keeps every sample.
         ``metric`` is then the NCC over the unchanged samples (how well the bone that did not
         change matches); at most ``MAX_CHANGED_FRACTION`` of them can be left out.
+    axial_restarts : sequence of float
+        After the finest level, refit from the result shifted by each of these many voxels
+        along the fixed bone's long axis, keeping a higher NCC: a shaft is nearly the same
+        all along, so the fit can stop in a local optimum a few voxels along it.
 
     Returns
     -------
@@ -463,6 +468,21 @@ def register_levels(
             fixed_l, moving_l, transform, radius, samples, xtol=0.02, max_evals=max_evals
         )
         levels.append(LevelResult(fixed_l.spacing, metric, evals))
+    if axial_restarts:
+        fixed_l, moving_l = pyramid[-1]
+        samples = sample_points(fixed_l, threshold * 0.5)
+        _, axis, _ = principal_axes(fixed_l, threshold)
+        h = float(np.mean(fixed_l.spacing))
+        for shift in axial_restarts:
+            nudge = RigidTransform.from_rotation_vector((0.0, 0.0, 0.0), axis * float(shift) * h)
+            candidate, score, evals = _optimise(
+                fixed_l, moving_l, (transform @ nudge).with_centre(transform.centre), radius,
+                samples, xtol=0.02, max_evals=max_evals,
+            )  # fmt: skip
+            if score > metric + 1e-4:
+                logger.debug("axial restart %+g voxels: NCC %.4f -> %.4f", shift, metric, score)
+                transform, metric = candidate, score
+                levels.append(LevelResult(fixed_l.spacing, metric, evals))
     fixed_l, moving_l = pyramid[-1]
     samples = sample_points(fixed_l, threshold * 0.5)
     excluded = np.zeros(len(samples), bool)

@@ -197,3 +197,25 @@ def test_register_store_and_cli(tmp_path):
     # the CLI's default settings differ from the ones these groups were made with
     other = CliRunner().invoke(app, ["register", store, "--out", out, "--sides", "left"])
     assert other.exit_code == 2 and "other settings" in other.output
+
+
+def test_axial_restarts_only_ever_raise_the_metric():
+    from bonemet_dask.kernels.register import Level, register_levels
+    from bonemet_dask.ops.resample import origin_um, voxel_size_um
+    from bonemet_dask.synth.reference import reference_tibia
+
+    moving, truth = posed_tibia("right", voxel_size_um=VOXEL_UM, angles_deg=(30.0, 1.0, -2.0),
+                                translation_mm=(0.1, 0.2, -0.3), seed=4,
+                                reconstructed=True)  # fmt: skip
+    reference = reference_tibia("right", voxel_size_um=VOXEL_UM)
+
+    def level(volume):
+        return Level(np.asarray(volume.values, np.float32), voxel_size_um(volume),
+                     origin_um(volume))  # fmt: skip
+
+    plain = register_levels(level(reference), level(moving), (2, 1))
+    restarted = register_levels(level(reference), level(moving), (2, 1),
+                                axial_restarts=(-3.0, -1.5, 1.5, 3.0))  # fmt: skip
+    assert restarted.metric >= plain.metric
+    angle, shift = pose_error(restarted.transform, truth, reference.shape, VOXEL_UM)
+    assert angle < 1.0 and shift < 1.0
