@@ -27,8 +27,8 @@ __all__ = ["FDK_BLUR_SIGMA", "FDK_NOISE_SIGMA", "HALO_SLICES", "noise_std_per_mm
 FDK_BLUR_SIGMA: Final = (0.65, 0.79, 0.79)
 """Gaussian sigma (slice, y, x) of FDK's blur, voxels, fitted (``benchmarks/fdk_psf.py``) on
 slices that hold edges across them, away from the volume's ends where a cone beam's data are
-incomplete: slice 0.63 / 0.66 (knee and ankle slabs), in-plane 0.80 / 0.77-0.79 at small /
-medium; gain 0.99-1.00.  The shaft alone does not constrain the slice sigma (its edges run
+incomplete: slice 0.62 / 0.66-0.67 (knee and ankle slabs), in-plane 0.80 / 0.77-0.79 at small
+/ medium; gain 0.98-1.00.  The shaft alone does not constrain the slice sigma (its edges run
 along the slices).  RMSE against the phantom: 4.2x (small), 1.7x (medium) lower than the
 phantom voxelised unblurred."""
 FDK_NOISE_SIGMA: Final = (0.63, 1.0, 1.0)
