@@ -85,6 +85,30 @@ def central(
     return tuple(out)
 
 
+def gaussian_fit(
+    target: np.ndarray, source: np.ndarray, inner: tuple[slice, ...], grid: list, xatol: float
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Sigmas (z, xy), mean squared error and (gain, offset) of ``source`` blurred to ``target``.
+
+    ``source[inner]`` after the blur is compared with ``target``; a grid search over ``grid``,
+    then Nelder-Mead.
+    """
+    flat = target.ravel()
+
+    def residual(sigmas):
+        blurred = ndimage.gaussian_filter(source, (sigmas[0], sigmas[1], sigmas[1]))[inner]
+        design = np.stack([blurred.ravel(), np.ones(blurred.size)], axis=1)
+        coef, *_ = np.linalg.lstsq(design, flat, rcond=None)
+        return float(np.mean((design @ coef - flat) ** 2)), coef
+
+    start = min(grid, key=lambda s: residual(s)[0])
+    best = optimize.minimize(lambda s: residual(np.abs(s))[0], start, method="Nelder-Mead",
+                             options={"xatol": xatol, "fatol": 1e-14})  # fmt: skip
+    sigmas = np.abs(best.x)
+    mse, coef = residual(sigmas)
+    return sigmas, mse, coef
+
+
 def fit_blur(fdk: np.ndarray, truth: np.ndarray) -> dict:
     """Separable Gaussian (z, xy) with gain and offset, fitted to the FDK volume."""
     box = central(truth)
@@ -92,20 +116,10 @@ def fit_blur(fdk: np.ndarray, truth: np.ndarray) -> dict:
                 for s, n in zip(box, truth.shape, strict=True))  # fmt: skip
     inner = tuple(slice(s.start - p.start, s.start - p.start + (s.stop - s.start))
                   for s, p in zip(box, pad, strict=True))  # fmt: skip
-    target, source = fdk[box].astype(np.float64), truth[pad].astype(np.float64)
-
-    def residual(sigmas):
-        blurred = ndimage.gaussian_filter(source, (sigmas[0], sigmas[1], sigmas[1]))[inner]
-        design = np.stack([blurred.ravel(), np.ones(blurred.size)], axis=1)
-        coef, *_ = np.linalg.lstsq(design, target.ravel(), rcond=None)
-        return float(np.mean((design @ coef - target.ravel()) ** 2)), coef
-
     grid = [(z, xy) for z in np.arange(0.3, 2.01, 0.2) for xy in np.arange(0.3, 2.01, 0.2)]
-    start = min(grid, key=lambda s: residual(s)[0])
-    best = optimize.minimize(lambda s: residual(np.abs(s))[0], start, method="Nelder-Mead",
-                             options={"xatol": 0.01, "fatol": 1e-12})  # fmt: skip
-    sigmas = np.abs(best.x)
-    mse, (gain, offset) = residual(sigmas)
+    sigmas, mse, (gain, offset) = gaussian_fit(fdk[box].astype(np.float64),
+                                               truth[pad].astype(np.float64), inner, grid,
+                                               xatol=0.01)  # fmt: skip
     return {"sigma_z": round(float(sigmas[0]), 3), "sigma_xy": round(float(sigmas[1]), 3),
             "gain": round(float(gain), 4), "offset_per_mm": round(float(offset), 5),
             "rmse_per_mm": float(np.sqrt(mse)),
@@ -144,20 +158,8 @@ def fit_slab(volume: np.ndarray, phantom: np.ndarray) -> dict:
     inner = (slice(8, n[0] - 8),
              *(slice(max(0, (m - 300) // 2), max(0, (m - 300) // 2) + min(300, m))
                for m in n[1:]))  # fmt: skip
-    target = volume[inner].ravel()
-
-    def residual(sigmas):
-        blurred = ndimage.gaussian_filter(phantom, (sigmas[0], sigmas[1], sigmas[1]))[inner]
-        design = np.stack([blurred.ravel(), np.ones(blurred.size)], axis=1)
-        coef, *_ = np.linalg.lstsq(design, target, rcond=None)
-        return float(np.mean((design @ coef - target) ** 2)), coef
-
     grid = [(z, xy) for z in (0.4, 0.6, 0.8, 1.0, 1.3, 1.6) for xy in (0.6, 0.8, 1.0)]
-    start = min(grid, key=lambda s: residual(s)[0])
-    best = optimize.minimize(lambda s: residual(np.abs(s))[0], start, method="Nelder-Mead",
-                             options={"xatol": 0.02, "fatol": 1e-14})  # fmt: skip
-    sigmas = np.abs(best.x)
-    mse, (gain, _) = residual(sigmas)
+    sigmas, mse, (gain, _) = gaussian_fit(volume[inner], phantom, inner, grid, xatol=0.02)
     return {"sigma_z": round(float(sigmas[0]), 3), "sigma_xy": round(float(sigmas[1]), 3),
             "gain": round(float(gain), 4), "rmse_per_mm": float(np.sqrt(mse))}  # fmt: skip
 
