@@ -210,8 +210,8 @@ def test_adaptive_cluster_starts_its_minimum(fake_queue):
 
 @pytest.mark.slow
 def test_workers_retire_before_the_walltime_and_adapt_replaces_them(fake_queue):
-    """walltime 20 s: each worker retires after 17 +- 1 s; adapt keeps one worker running."""
-    with bm.connect("slurm", cores=1, memory="1GiB", walltime="00:20", adapt=(1, 1)) as client:
+    """walltime 12 s: each worker retires after about 10 s; adapt keeps one worker running."""
+    with bm.connect("slurm", cores=1, memory="1GiB", walltime="00:12", adapt=(1, 1)) as client:
         first = set(client.scheduler_info()["workers"])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
