@@ -327,3 +327,34 @@ def test_cli_run_finishes_on_fake_slurm_workers(fake_queue, tmp_path):
     registered = root["regist_ct/851/left/week1"].attrs["bonemet"]
     assert registered["status"] == "complete" and registered["registration"]["kind"] == "time"
     assert list(fake_queue.glob("*.sh")) and _running(fake_queue) == []
+
+
+def test_a_stage_runs_on_a_tls_local_cluster(tmp_path):
+    """Scheduler and workers speak TLS with certificates made here; a stage runs over it."""
+    pytest.importorskip("cryptography")
+    import numpy as np
+    import zarr
+    from distributed import Client, LocalCluster
+    from distributed.security import Security
+
+    from bonemet_dask.ops.convert import convert
+    from bonemet_dask.ops.segment_store import segment_store
+    from bonemet_dask.synth import SynthConfig, generate
+
+    config = SynthConfig(mice=1, weeks=1, size="tiny", seed=0, components=("recon_ct",))
+    generate(str(tmp_path / "src"), config)
+    store = str(tmp_path / "store.zarr")
+    convert(tmp_path / "src", store)
+    security = Security.temporary()  # a CA and a certificate, in memory, for this test only
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, security=security,
+                     dashboard_address=None) as cluster,
+        Client(cluster, security=security) as client,
+    ):  # fmt: skip
+        assert cluster.scheduler_address.startswith("tls://")
+        report = segment_store(store, str(tmp_path / "tls.zarr"), client=client)
+    assert report.exit_code == 0 and len(report.written) == 2
+    local = segment_store(store, str(tmp_path / "here.zarr"))  # no cluster: the same arrays
+    over, here = (zarr.open_group(str(tmp_path / n), mode="r") for n in ("tls.zarr", "here.zarr"))
+    for path in local.written:
+        np.testing.assert_array_equal(over[path]["mask"][:], here[path]["mask"][:])
