@@ -67,34 +67,28 @@ def registration_error(group, config: SynthConfig, truth: dict, mouse: str, side
     """Mean distance (voxels) between where a time registration and the truth put the bone.
 
     The true map from the registered week 0 to week ``week``'s Seg-CT is the chain's own week-0
-    registration followed by the phantom's motion between the two scans (the Seg-CT crop boxes,
-    the reconstruction grid and the weekly poses); it is evaluated at week 0's registered bone.
+    registration followed by the phantom's motion between the two scans (each scan's
+    :func:`~bonemet_dask.synth.reference.scan_transform`, the second after the first's
+    inverse); it is evaluated at week 0's registered bone.
     """
+    from bonemet_dask.synth.reference import scan_transform
     from bonemet_dask.transform import RigidTransform
 
     paths = [f"regist_ct/{mouse}/{side}/week{w}" for w in (0, week)]
     if week == 0 or any(group.get(p) is None for p in paths):
         return None
-    grid = config.recon_grid()
     h_um = config.voxel_size * 1000
-    poses = truth["mice"][mouse]["weeks"]
-
-    def world(points, w):
-        box = group[f"seg_ct/{mouse}/{side}/week{w}"].attrs["bonemet"]["crop_box"]
-        return grid.index_to_world(points / h_um + np.asarray(box["lo"]))
-
-    def seg_um(points, w):
-        box = group[f"seg_ct/{mouse}/{side}/week{w}"].attrs["bonemet"]["crop_box"]
-        return (grid.world_to_index(points) - np.asarray(box["lo"])) * h_um
 
     def transform(path):
         return RigidTransform.from_dict(group[path].attrs["bonemet"]["registration"]["transform"])
 
+    def scan(w):
+        box = group[f"seg_ct/{mouse}/{side}/week{w}"].attrs["bonemet"]["crop_box"]
+        return scan_transform(truth, mouse, side, w, box["lo"], h_um)
+
+    motion = scan(week) @ scan(0).inverse()  # week 0's Seg-CT micrometres -> week's
     bone = np.argwhere(group[paths[0]]["0"][:] >= THRESHOLD)[::25].astype(np.float64) * h_um
-    rotation0, shift0 = pose_matrix(poses["0"]["pose"])
-    rotation, shift = pose_matrix(poses[str(week)]["pose"])
-    holder = (world(transform(paths[0]).apply(bone), 0) - shift0) @ rotation0
-    expected = seg_um(holder @ rotation.T + shift, week)
+    expected = motion.apply(transform(paths[0]).apply(bone))
     found = transform(paths[1]).apply(bone)
     return float(np.linalg.norm(found - expected, axis=1).mean() / h_um)
 

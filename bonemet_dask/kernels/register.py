@@ -24,7 +24,7 @@ import numba as nb
 import numpy as np
 from scipy import ndimage, optimize
 
-from bonemet_dask.kernels.resample import bin_mean
+from bonemet_dask.kernels.resample import affine_block, bin_mean
 from bonemet_dask.transform import RigidTransform
 
 __all__ = [
@@ -303,10 +303,10 @@ def changed_regions(
     matrix, offset = transform.index_affine(
         fixed.spacing, moving.spacing, fixed_origin=fixed.origin, moving_origin=moving.origin
     )
-    aligned = ndimage.affine_transform(
-        np.asarray(moving.image, np.float32), matrix, offset=offset,
-        output_shape=fixed.image.shape, order=1, mode="constant", cval=0.0,
-    )  # fmt: skip
+    image = np.ascontiguousarray(moving.image, np.float32)
+    aligned = affine_block(image, matrix=matrix, offset=offset, box_lo=(0, 0, 0),
+                           in_shape=image.shape, out_start=(0, 0, 0),
+                           out_shape=fixed.image.shape, order=1)  # fmt: skip
     where = tuple(samples.T)
     f = fixed.image[where].astype(np.float64)
     m = aligned[where].astype(np.float64)
@@ -468,9 +468,8 @@ def register_levels(
             fixed_l, moving_l, transform, radius, samples, xtol=0.02, max_evals=max_evals
         )
         levels.append(LevelResult(fixed_l.spacing, metric, evals))
+    fixed_l, moving_l = pyramid[-1]  # ``samples`` are the finest level's from here on
     if axial_restarts:
-        fixed_l, moving_l = pyramid[-1]
-        samples = sample_points(fixed_l, threshold * 0.5)
         _, axis, _ = principal_axes(fixed_l, threshold)
         h = float(np.mean(fixed_l.spacing))
         for shift in axial_restarts:
@@ -483,8 +482,6 @@ def register_levels(
                 logger.debug("axial restart %+g voxels: NCC %.4f -> %.4f", shift, metric, score)
                 transform, metric = candidate, score
                 levels.append(LevelResult(fixed_l.spacing, metric, evals))
-    fixed_l, moving_l = pyramid[-1]
-    samples = sample_points(fixed_l, threshold * 0.5)
     excluded = np.zeros(len(samples), bool)
     changed_fraction = 0.0
     for _ in range(max(0, int(exclude_change_rounds))):

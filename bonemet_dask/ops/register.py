@@ -367,7 +367,7 @@ def register(
         changed (residual blobs thicker than the misalignment's edge sheets, see
         :func:`bonemet_dask.kernels.register.changed_regions`).  A growing lesion otherwise
         slides the fit along the shaft (3.6 voxels on the synthetic injected tibia at week 2,
-        0.04 with the exclusion).  ``metric`` is then the NCC over the bone that did not
+        0.07 with the exclusion).  ``metric`` is then the NCC over the bone that did not
         change, and ``changed_fraction`` says how much was left out (at most a quarter: more
         is taken as a failed fit, and the plain fit is kept).
 

@@ -35,11 +35,11 @@ logger = logging.getLogger(__name__)
 SIDES_BY_X = ("left", "right")
 """Legs by increasing x index: the left leg lies at world ``-x`` (:mod:`bonemet_dask.geometry`)."""
 MIN_LEG_FRACTION = 0.1
+"""A second bone cluster smaller than this fraction of the largest is not counted as a leg."""
 KNEE_SMOOTHING_UM = 60.0
 """Gaussian sigma (micrometres) of the bone-area profile's smoothing before the knee cut at
 the ``"edge"`` level: wider than a reconstruction's bright bands at the plateau (a few 40 um
 slices), narrower than the joint space."""
-"""A second bone cluster smaller than this fraction of the largest is not counted as a leg."""
 
 
 class SegmentationError(ValueError):
@@ -111,12 +111,11 @@ def segment_tibiae(
     -----
     The knee cut is in the deepest valley of the bone area per slice between the femoral
     condyles and the tibial plateau (the joint space), found on full-resolution slices, at its
-    ``knee_level``; the crop starts on the slice below it.  Without a valley at least a quarter
-    as deep as the widest section
-    (no femur in the field of view) the crop starts at the leg's first bone slice.  The tibia
-    is the largest connected bone below the cut on the binned copy; the fibula, joined to it at
-    the head and distally, comes with it.  The mask is ``grey >= threshold`` within one bin of
-    that bone, so other bones and noise in the box stay out of it.
+    ``knee_level``; the crop starts on the slice below it. Without a valley at least a quarter
+    as deep as the widest section (no femur in the field of view) the crop starts at the leg's
+    first bone slice. The tibia is the largest connected bone below the cut on the binned copy;
+    the fibula, joined to it at the head and distally, comes with it. The mask is ``grey >=
+    threshold`` within one bin of that bone, so other bones and noise in the box stay out of it.
     """
     scan = _describe(volume)
     factor, h_um = _check_volume(volume, threshold, binning, margin_um, knee_search_um)
@@ -145,8 +144,8 @@ def segment_tibiae(
     margin = round(margin_um / h_um)
     out = {}
     for side, (lo, hi, _), start, profile in zip(SIDES_BY_X, legs, windows, profiles, strict=True):
-        valley = kernels.knee_cut(profile, level=knee_level,
-                                  smoothing=KNEE_SMOOTHING_UM / h_um)  # fmt: skip
+        smoothing = KNEE_SMOOTHING_UM / h_um if knee_level == "edge" else 0.0
+        valley = kernels.knee_cut(profile, level=knee_level, smoothing=smoothing)
         cut = lo[0] * factor if valley is None else start + valley + 1
         leg_bone = bone[:, lo[1] : hi[1], lo[2] : hi[2]]
         region, rlo, rhi = kernels.tibia_region(leg_bone, top=cut // factor)
