@@ -26,6 +26,7 @@ _LAZY = {
     "convert": ("bonemet_dask.ops.convert", "convert"),
     "verify": ("bonemet_dask.ops.verify", "verify"),
     "open_store": ("bonemet_dask.io.xr", "open_store"),
+    "consolidate_store": ("bonemet_dask.io.consolidate", "consolidate_store"),
     "stack": ("bonemet_dask.io.xr", "stack"),
     "ConeGeometry": ("bonemet_dask.geometry", "ConeGeometry"),
     "ParallelGeometry": ("bonemet_dask.geometry", "ParallelGeometry"),
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from bonemet_dask.cluster import connect
     from bonemet_dask.geometry import ConeGeometry, ParallelGeometry, VolumeGrid
     from bonemet_dask.io.catalog import Catalog, Problem, Stack, scan_source
+    from bonemet_dask.io.consolidate import consolidate_store
     from bonemet_dask.io.skyscan_log import parse_skyscan_log
     from bonemet_dask.io.xr import open_store, stack
     from bonemet_dask.ops.composite import composite, drop_small_changes

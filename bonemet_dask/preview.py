@@ -122,8 +122,9 @@ def preview(
     if side is not None and side not in SIDES:
         raise ValueError(f"side={side!r} is not one of {', '.join(SIDES)}")
     root = zarr.open_group(
-        open_zarr_store(store, mode="r", storage_options=storage_options), mode="r"
-    )
+        open_zarr_store(store, mode="r", storage_options=storage_options), mode="r",
+        use_consolidated=False,  # what is on disk now, not the last consolidation
+    )  # fmt: skip
     side = side or _default_side(root, component, mouse, week)
     path = scan_group_path(component, mouse, side, week)
     try:

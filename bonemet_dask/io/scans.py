@@ -79,6 +79,11 @@ def open_root(
 ) -> zarr.Group:
     """The root group of a bonemet store, or a :class:`StoreError` that names the fix.
 
+    The group ignores the store's consolidated metadata (:mod:`bonemet_dask.io.consolidate`):
+    what it reads below the root is each group's current metadata, however stale the
+    consolidation, and writing the root's attributes drops the consolidation rather than
+    writing an old one back.
+
     Parameters
     ----------
     store : str, os.PathLike or zarr Store
@@ -105,7 +110,8 @@ def open_root(
     try:
         zstore = open_zarr_store(store, mode="r" if mode == "r" else "a",
                                  storage_options=storage_options)  # fmt: skip
-        return zarr.open_group(zstore, mode=mode)
+        # never the consolidated metadata: skip/resume decisions need every group's own attrs
+        return zarr.open_group(zstore, mode=mode, use_consolidated=False)
     except PermissionError as err:
         raise StoreError(
             f"{name} {_describe(store)} cannot be written ({err.strerror or err}); pass a "
@@ -252,7 +258,8 @@ def list_scans(
         return
     for segment in _mouse_segments(component_group, selection):
         mouse_group = component_group[segment]
-        for relative, node in sorted(mouse_group.members(max_depth=1)):
+        members = mouse_group.members(max_depth=1, use_consolidated_for_children=False)
+        for relative, node in sorted(members):
             parts = relative.split("/")
             if len(parts) != 2 or not isinstance(node, zarr.Group):
                 continue

@@ -527,9 +527,10 @@ def _mark_layout(root: zarr.Group) -> None:
     """Record ``bonemet.layout`` in the root group, read afresh.
 
     A long-lived ``root`` object holds the attributes of when it was opened; writing those
-    back would undo what others wrote since (``convert``'s ``sources``).
+    back would undo what others wrote since (``convert``'s ``sources``); nor is consolidated
+    metadata read, which the write would put back stale (:mod:`bonemet_dask.io.consolidate`).
     """
-    fresh = zarr.open_group(root.store, mode="r+")
+    fresh = zarr.open_group(root.store, mode="r+", use_consolidated=False)
     attrs = dict(fresh.attrs.get("bonemet", {}))
     if "layout" not in attrs:
         fresh.attrs.update({"bonemet": {**attrs, "layout": STORE_LAYOUT_VERSION}})

@@ -19,8 +19,9 @@ def store_tree(store: Any, *, storage_options: dict | None = None, max_scans: in
     component the rest are summarised in one line.
     """
     root = zarr.open_group(
-        open_zarr_store(store, mode="r", storage_options=storage_options), mode="r"
-    )
+        open_zarr_store(store, mode="r", storage_options=storage_options), mode="r",
+        use_consolidated=False,  # each scan's current status, not the last consolidation
+    )  # fmt: skip
     view = Tree(f"[bold]{store}[/bold]")
     for component, component_group in sorted(root.groups()):
         if not isinstance(component_group, zarr.Group) or component == "medirec":

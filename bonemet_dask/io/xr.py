@@ -43,6 +43,7 @@ def open_store(
     *,
     storage_options: Mapping[str, Any] | None = None,
     chunks: str = "inner",
+    consolidated: bool = False,
 ) -> xr.DataTree:
     """Open a bonemet store as a lazy DataTree with the store's hierarchy.
 
@@ -56,6 +57,12 @@ def open_store(
     chunks : {"inner", "shard"}, optional
         Dask chunks of each image: the Zarr inner chunks (what a reader fetches, the default)
         or whole shards (fewer, larger tasks).
+    consolidated : bool, optional
+        False (default): read every group's own metadata (one request per node, concurrent),
+        always current.  True: use the root's consolidated metadata when there is some (one
+        request for the whole tree, e.g. on S3), as the last finished bonemet-dask command
+        wrote it; a command still running, or killed, leaves none (then the store is listed),
+        but a write by other means since is not seen.
 
     Returns
     -------
@@ -76,8 +83,9 @@ def open_store(
     if chunks not in _CHUNKINGS:
         raise ValueError(f"chunks={chunks!r} is not one of {', '.join(map(repr, _CHUNKINGS))}")
     zstore = open_zarr_store(store, mode="r", storage_options=storage_options)
-    root = zarr.open_group(zstore, mode="r")
-    members = dict(root.members(max_depth=None))  # one concurrent walk of all metadata
+    root = zarr.open_group(zstore, mode="r", use_consolidated=None if consolidated else False)
+    # one concurrent walk of all metadata (or none: the consolidated metadata has it)
+    members = dict(root.members(max_depth=None, use_consolidated_for_children=consolidated))
     nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=get_bonemet_attrs(root))}
     children: dict[str, list[str]] = {}
     for key in members:

@@ -24,6 +24,7 @@ import numpy as np
 from bonemet_dask import __version__
 from bonemet_dask.cluster import active_client
 from bonemet_dask.io.catalog import Catalog, Stack, scan_source
+from bonemet_dask.io.consolidate import consolidating
 from bonemet_dask.io.records import write_records
 from bonemet_dask.io.scans import open_root
 from bonemet_dask.io.skyscan_log import nrecon_reference
@@ -250,8 +251,9 @@ def convert_shard(
         slab, digests = decode_slab(data, shape=task.shape, dtype=task.dtype)
     except SlabDecodeError as err:
         return task, nbytes, task.paths[err.position], str(err)
-    group = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r+")
-    write_scan_shard(group[task.group_path], task.shard, {"0": slab}, digests)
+    zstore = open_zarr_store(store, storage_options=storage_options)
+    group = zarr.open_group(zstore, path=task.group_path, mode="r+", use_consolidated=False)
+    write_scan_shard(group, task.shard, {"0": slab}, digests)
     return task, nbytes, None, None
 
 
@@ -275,6 +277,7 @@ def convert(
     progress: Callable[[int, int], None] | None = None,
     require_match: bool = True,
     records: bool = True,
+    consolidate: bool = True,
 ) -> StageReport:
     """Convert the image stacks of a BoneMet tree into one sharded OME-Zarr store.
 
@@ -312,6 +315,10 @@ def convert(
         no stack.
     records : bool
         Also write the source's MiceMediRec table to ``/medirec`` (``run`` writes it once).
+    consolidate : bool
+        Drop the store's consolidated metadata before the first write and consolidate it at
+        the end, quarantined stacks included (see :mod:`bonemet_dask.io.consolidate`);
+        ``run`` passes False and consolidates once, after every mouse.
 
     Returns
     -------
@@ -350,47 +357,49 @@ def convert(
             f"{first.reason}; fix them or use on_error='quarantine'"
         )
     root = open_root(store, mode="a", storage_options=storage_options)
-    root_attrs = dict(root.attrs.get("bonemet", {}))
-    wanted = root_attrs | {"layout": LAYOUT_VERSION, "package": "bonemet-dask"}
-    wanted["sources"] = sorted({*root_attrs.get("sources", []), str(catalog.root)})
-    if wanted != root_attrs:  # a rerun leaves the root document untouched
-        root.attrs["bonemet"] = wanted
-    references = {
-        (mouse_key(s.mouse), s.week): nrecon_reference(s.log, s.shape)
-        for s in full.stacks
-        if s.component == "recon_ct"
-    }
-    tasks: list[ShardTask] = []
-    pending: dict[str, Outcome] = {}
-    for stack in catalog.stacks:
-        if not stack.ok:
-            continue
-        reference = references.get((mouse_key(stack.mouse), stack.week))
-        group_path, todo, resumed = _prepare_stack(
-            root, stack, overwrite=overwrite, options=options, reference=reference
-        )
-        if todo is None:
-            report.outcomes.append(Outcome(group_path, "up to date", "already converted"))
-            continue
-        tasks.extend(todo)
-        pending[group_path] = Outcome(group_path, "resumed" if resumed else "written",
-                                      shards=len(todo))  # fmt: skip
-    if records and catalog.records_path:
-        write_source_records(root, catalog)
-    client = client or active_client()
-    failures = _run(tasks, store, catalog.fs, storage_options, client, report, progress, on_error)
-    for group_path, outcome in pending.items():
-        scan = root[group_path]
-        if group_path in failures:
-            set_status(scan, "quarantined")
-            scan.attrs["bonemet"] = get_bonemet_attrs(scan) | {"problems": failures[group_path]}
-            folder = get_bonemet_attrs(scan)["source"]["folder"]
-            problems = failures[group_path]
-            outcome = Outcome(group_path, "quarantined", problems[0][1],
-                              details={"folder": folder, "problems": problems})  # fmt: skip
-        else:
-            set_status(scan, "complete")
-        report.outcomes.append(outcome)
+    with consolidating(store, storage_options, enabled=consolidate):
+        root_attrs = dict(root.attrs.get("bonemet", {}))
+        wanted = root_attrs | {"layout": LAYOUT_VERSION, "package": "bonemet-dask"}
+        wanted["sources"] = sorted({*root_attrs.get("sources", []), str(catalog.root)})
+        if wanted != root_attrs:  # a rerun leaves the root document untouched
+            root.attrs["bonemet"] = wanted
+        references = {
+            (mouse_key(s.mouse), s.week): nrecon_reference(s.log, s.shape)
+            for s in full.stacks
+            if s.component == "recon_ct"
+        }
+        tasks: list[ShardTask] = []
+        pending: dict[str, Outcome] = {}
+        for stack in catalog.stacks:
+            if not stack.ok:
+                continue
+            reference = references.get((mouse_key(stack.mouse), stack.week))
+            group_path, todo, resumed = _prepare_stack(
+                root, stack, overwrite=overwrite, options=options, reference=reference
+            )
+            if todo is None:
+                report.outcomes.append(Outcome(group_path, "up to date", "already converted"))
+                continue
+            tasks.extend(todo)
+            pending[group_path] = Outcome(group_path, "resumed" if resumed else "written",
+                                          shards=len(todo))  # fmt: skip
+        if records and catalog.records_path:
+            write_source_records(root, catalog)
+        client = client or active_client()
+        failures = _run(tasks, store, catalog.fs, storage_options, client, report, progress,
+                        on_error)  # fmt: skip
+        for group_path, outcome in pending.items():
+            scan = root[group_path]
+            if group_path in failures:
+                set_status(scan, "quarantined")
+                problems = failures[group_path]
+                scan.attrs["bonemet"] = get_bonemet_attrs(scan) | {"problems": problems}
+                folder = get_bonemet_attrs(scan)["source"]["folder"]
+                outcome = Outcome(group_path, "quarantined", problems[0][1],
+                                  details={"folder": folder, "problems": problems})  # fmt: skip
+            else:
+                set_status(scan, "complete")
+            report.outcomes.append(outcome)
     report.seconds = time.perf_counter() - started
     logger.info("convert: %s in %.1f s", report.counts(), report.seconds)
     return report

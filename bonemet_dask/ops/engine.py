@@ -14,6 +14,9 @@ stage for its outputs, then for each output:
 
 Units run with bounded concurrency; their graphs go to the Dask client the user has active
 (or the one passed), else to dask's configured scheduler: nothing here picks a scheduler.
+The output store's consolidated metadata is dropped before the first write and rewritten when
+the stage ends; every decision above reads the groups' own metadata, never the consolidated
+copy (:mod:`bonemet_dask.io.consolidate`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dask.base import tokenize
 from bonemet_dask import __version__
 from bonemet_dask._backend import to_host
 from bonemet_dask.errors import UsageError
+from bonemet_dask.io.consolidate import consolidating, drop_consolidated, try_consolidate
 from bonemet_dask.io.scans import ScanRef, StoreRoots
 from bonemet_dask.io.store import (
     STORE_LAYOUT_VERSION,
@@ -188,18 +192,26 @@ def _input_outcome(output: Output) -> Outcome | None:
     return None
 
 
+def _open_output(location: Any, storage_options: dict | None, path: str) -> zarr.Group:
+    """An output group, opened by its own metadata; the root is not read.
+
+    Never a consolidated copy of its metadata: the task's attribute writes would carry that
+    copy back into the group's ``zarr.json``.
+    """
+    store = open_zarr_store(location, storage_options=storage_options)
+    return zarr.open_group(store, path=path, mode="r+", use_consolidated=False)
+
+
 def _write_task(location, storage_options, path, shard, names, *blocks):
     """Task: write one shard of every array of one output group, then its done-marker."""
-    store = open_zarr_store(location, storage_options=storage_options)
-    group = zarr.open_group(store, mode="r+")[path]
+    group = _open_output(location, storage_options, path)
     write_scan_shard(group, shard, {n: to_host(b) for n, b in zip(names, blocks, strict=True)})
     return shard
 
 
 def _finish_task(location, storage_options, path, written, measures):
     """Task: after the writes, check every shard is on disk, record measures, mark complete."""
-    group = zarr.open_group(open_zarr_store(location, storage_options=storage_options),
-                            mode="r+")[path]  # fmt: skip
+    group = _open_output(location, storage_options, path)
     n_shards = group["slice_hash"].cdata_shape[0]
     missing = sorted(set(range(n_shards)) - completed_shards(group))
     if missing:
@@ -349,6 +361,7 @@ def run_stage(
     progress: Callable[[int, int], None] | None = None,
     require_match: bool = True,
     roots: StoreRoots | None = None,
+    consolidate: bool = True,
 ) -> Any:
     """Run a stage over every selected unit of ``store`` (reading ``out`` first), writing ``out``.
 
@@ -383,6 +396,11 @@ def run_stage(
         register).
     roots : StoreRoots, optional
         Already opened stores (``run`` opens them once).
+    consolidate : bool
+        Drop the output store's consolidated metadata before the first write and consolidate
+        it when the stage is done, failed outputs included (with ``compute=False``: when the
+        returned object is computed); see :mod:`bonemet_dask.io.consolidate`.  ``run`` passes
+        False and consolidates once, after every mouse.
 
     Returns
     -------
@@ -400,14 +418,37 @@ def run_stage(
     if require_match and not selected:
         _nothing_selected(stage, roots, selection)
     runner = _Runner(stage, roots, overwrite=overwrite, client=client, compute=compute)
-    report = StageReport(stage.name)
     if not compute:
+        if consolidate:
+            drop_consolidated(roots.out, roots.storage_options)
+        report = StageReport(stage.name)
         pending = []
         for unit in selected.values():
             part, finishes = runner.unit(unit, selection)
             report.extend(part)
             pending.extend(finish for _, finish in finishes)
-        return dask.delayed(_assemble, pure=False)(report, pending, started)
+        return dask.delayed(_assemble, pure=False)(
+            report, pending, started, consolidate=consolidate, store=roots.out,
+            storage_options=roots.storage_options,
+        )  # fmt: skip
+    with consolidating(roots.out, roots.storage_options, enabled=consolidate):
+        report = _run_units(runner, selected, selection, concurrency, client, progress)
+        stage.finish(report, UnitContext(roots, client))
+    report.seconds = time.perf_counter() - started
+    logger.info("%s: %s in %.1f s", stage.name, report.counts(), report.seconds)
+    return report
+
+
+def _run_units(
+    runner: _Runner,
+    selected: dict[tuple, list[ScanRef]],
+    selection: Selection,
+    concurrency: int | None,
+    client: Any,
+    progress: Callable[[int, int], None] | None,
+) -> StageReport:
+    """Run every selected unit, ``concurrency`` at a time; their reports in store order."""
+    report = StageReport(runner.stage.name)
     workers = concurrency or default_concurrency(client)
     total = len(selected)
     parts: dict[tuple, StageReport] = {}
@@ -419,7 +460,8 @@ def run_stage(
             if progress:
                 progress(done, total)
     else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=stage.name) as pool:
+        name = runner.stage.name
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
             futures = {pool.submit(runner.unit, unit, selection): key
                        for key, unit in selected.items()}  # fmt: skip
             for done, future in enumerate(as_completed(futures), start=1):
@@ -428,13 +470,18 @@ def run_stage(
                     progress(done, total)
     for key in selected:  # store order, whatever finished first
         report.extend(parts[key])
-    stage.finish(report, UnitContext(roots, client))
-    report.seconds = time.perf_counter() - started
-    logger.info("%s: %s in %.1f s", stage.name, report.counts(), report.seconds)
     return report
 
 
-ENGINE_OPTIONS = ("overwrite", "client", "concurrency", "compute", "storage_options", "progress")
+ENGINE_OPTIONS = (
+    "overwrite",
+    "client",
+    "concurrency",
+    "compute",
+    "storage_options",
+    "progress",
+    "consolidate",
+)
 """Keyword arguments of :func:`run_stage` that :func:`run_declared` passes on."""
 
 
@@ -463,14 +510,24 @@ def run_declared(stage_class: type[Stage], store: Any, out: Any = None, **option
     return run_stage(stage, store, out, selection=selection, **engine)
 
 
-def _assemble(report: StageReport, results: list[dict], started: float) -> StageReport:
-    """The report of a lazily run stage once its finish tasks have run."""
+def _assemble(
+    report: StageReport,
+    results: list[dict],
+    started: float,
+    *,
+    consolidate: bool = False,
+    store: Any = None,
+    storage_options: dict | None = None,
+) -> StageReport:
+    """The report of a lazily run stage once its finish tasks have run; then consolidate."""
     pending = [o for o in report.outcomes if o.status in ("written", "resumed")]
     for outcome, result in zip(pending, results, strict=True):
         outcome.shards = result["shards"]
         report.shards_written += result["shards"]
         if result["metrics"] is not None:
             outcome.details["metrics"] = result["metrics"]
+    if consolidate:
+        try_consolidate(store, storage_options)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from bonemet_dask.errors import UsageError
 from bonemet_dask.io.catalog import Catalog, scan_source
+from bonemet_dask.io.consolidate import consolidating
 from bonemet_dask.io.scans import StoreRoots, open_root
 from bonemet_dask.ops.composite_store import Composite, default_metrics_csv, metrics_of
 from bonemet_dask.ops.convert import convert, write_source_records
@@ -188,6 +189,12 @@ def run(
     Returns
     -------
     RunReport
+
+    Notes
+    -----
+    The store's consolidated metadata is dropped before the first write and written once at
+    the end, failed mice included (:mod:`bonemet_dask.io.consolidate`): a plain
+    ``xr.open_datatree(store, engine="zarr")`` then reads the whole tree in one request.
     """
     started = time.perf_counter()
     options = {name: dict(value) for name, value in (options or {}).items()}
@@ -209,8 +216,6 @@ def run(
     for name in chain:
         report.stages[name] = StageReport(name)
     root = open_root(store, mode="a", storage_options=storage_options)  # created once, up front
-    if "convert" in chain and catalog.records_path:  # the records once, not once per mouse
-        write_source_records(root, catalog)
     roots = StoreRoots.open(store, storage_options=storage_options)
     lock = threading.Lock()
     done = dict.fromkeys(chain, 0)
@@ -225,12 +230,14 @@ def run(
                         per_mouse[mouse_key(mouse)], store,
                         selection=chosen.narrowed(components=STARTS[start]), client=client,
                         overwrite=overwrite, storage_options=storage_options,
-                        require_match=False, records=False, **convert_options,
+                        require_match=False, records=False, consolidate=False,
+                        **convert_options,
                     )  # fmt: skip
                 else:
                     parts[name] = run_stage(
                         stages[name], store, selection=chosen, overwrite=overwrite,
                         client=client, concurrency=1, require_match=False, roots=roots,
+                        consolidate=False,
                     )  # fmt: skip
             except UsageError:
                 raise
@@ -255,23 +262,27 @@ def run(
             if progress:
                 progress(name, count, len(plan))
 
-    if progress:
-        for name in chain:
-            progress(name, 0, len(plan))
-    workers = concurrency or default_concurrency(client)
-    results: dict[str, dict[str, StageReport]] = {}
-    if workers <= 1 or len(plan) <= 1:
-        for mouse in plan:
-            results[mouse] = one_mouse(mouse)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run") as pool:
-            futures = {pool.submit(one_mouse, mouse): mouse for mouse in plan}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-    for mouse in plan:  # catalog order, whatever finished first
-        for name, part in results[mouse].items():
-            report.stages[name].extend(part)
-    _metrics(report, roots, metrics_csv)
+    # the consolidated metadata: dropped now, written once after every mouse (failed ones too)
+    with consolidating(store, storage_options):
+        if "convert" in chain and catalog.records_path:  # the records once, not once per mouse
+            write_source_records(root, catalog)
+        if progress:
+            for name in chain:
+                progress(name, 0, len(plan))
+        workers = concurrency or default_concurrency(client)
+        results: dict[str, dict[str, StageReport]] = {}
+        if workers <= 1 or len(plan) <= 1:
+            for mouse in plan:
+                results[mouse] = one_mouse(mouse)
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run") as pool:
+                futures = {pool.submit(one_mouse, mouse): mouse for mouse in plan}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+        for mouse in plan:  # catalog order, whatever finished first
+            for name, part in results[mouse].items():
+                report.stages[name].extend(part)
+        _metrics(report, roots, metrics_csv)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -63,8 +63,8 @@ def verify_shard(task: ShardTask, store: Any, fs: Any, storage_options: dict | N
     """Compare one shard: recorded digests vs store pixels vs source PNGs."""
     import zarr
 
-    group = zarr.open_group(open_zarr_store(store, storage_options=storage_options), mode="r")
-    scan = group[task.group_path]
+    zstore = open_zarr_store(store, storage_options=storage_options)
+    scan = zarr.open_group(zstore, path=task.group_path, mode="r", use_consolidated=False)
     recorded = scan["slice_hash"][task.start : task.stop]
     stored = slab_digests(scan["0"][task.start : task.stop])
     indices = scan["slice_index"][task.start : task.stop]

@@ -1,4 +1,5 @@
 import uuid
+import warnings
 
 import dask.array as da
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from bonemet_dask.io.consolidate import consolidate_store
 from bonemet_dask.io.records import write_records
 from bonemet_dask.io.store import (
     ImageLayout,
@@ -100,10 +102,19 @@ def test_open_store_memory_url():
 
 
 def test_xarray_open_datatree_plain_call(store):
+    """Unconsolidated (as this fixture writes it), xarray warns and lists the store; once
+    consolidated (as every bonemet-dask command leaves a store), the plain call is silent and
+    gives the same tree."""
     path, _ = store
     with pytest.warns(RuntimeWarning, match="consolidated metadata"):
+        listed = xr.open_datatree(path, engine="zarr")
+    assert consolidate_store(path) == len(dict(zarr.open_group(str(path)).members(max_depth=None)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "consolidated metadata" RuntimeWarning
         tree = xr.open_datatree(path, engine="zarr")
     assert tree["regist_ct/10/right/week1"].dataset["0"].dims == ("z", "y", "x")
+    assert sorted(n.path for n in tree.subtree) == sorted(n.path for n in listed.subtree)
+    xr.testing.assert_identical(tree, listed)
 
 
 def test_stack_shape_fill_present_and_lazy(store):

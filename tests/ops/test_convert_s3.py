@@ -1,8 +1,10 @@
 """Conversion from and to an object store (a local moto S3 server)."""
 
 import numpy as np
+import xarray as xr
 import zarr
 
+from bonemet_dask.io.consolidate import consolidated_paths
 from bonemet_dask.io.store import open_zarr_store
 from bonemet_dask.io.xr import open_store
 from bonemet_dask.ops.convert import convert
@@ -49,10 +51,13 @@ def test_run_from_and_to_s3_resumes(s3_endpoint, tmp_path):
     first = bm.run(source, store, start="recon_ct", until="register")  # tiny: no fibula
     assert first.exit_code == 0
     assert len(first.stages["register"].written) == 4  # 2 tibiae x 2 weeks
-    root = zarr.open_group(open_zarr_store(store), mode="r")
+    assert {"recon_ct/851/both/week1", "regist_ct/851/right/week1/0"} <= consolidated_paths(store)
+    root = zarr.open_group(open_zarr_store(store), mode="r")  # read by the consolidated metadata
     moved = root["regist_ct/851/right/week1"]
     assert moved.attrs["bonemet"]["status"] == "complete" and moved["0"][:].any()
     again = bm.run(source, store, start="recon_ct", until="register")
     assert again.exit_code == 0
     for report in again.stages.values():
         assert not report.written and report.outcomes  # all up to date, nothing rewritten
+    tree = xr.open_datatree(store, engine="zarr")  # no "consolidated metadata" warning (error)
+    assert tree["regist_ct/851/right/week1"].attrs["bonemet"]["status"] == "complete"
