@@ -7,7 +7,9 @@ cropped to the RoI (fibula removed) and written to ``roi_ct/{mouse}/{side}/week{
 against itself holds only 180 and 0: it is written, as the published RoI-CT has week-0
 folders, and gives the baseline row of the metrics (formed and resorbed 0).  Per-scan metrics
 are computed in the same graph as the writes, stored in the group's ``bonemet.metrics`` and
-collected into a table (and a CSV joined with MiceMediRec) when every unit is done.
+collected into a table when every unit is done.  The CSV (joined with MiceMediRec) is the whole
+output store's: every complete RoI this stage wrote there, by this run or an earlier one, so a
+run over some mice never drops the rows of the others.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bonemet_dask.io.scans import ScanRef
+from bonemet_dask.io.scans import ScanRef, StoreRoots, list_scans
 from bonemet_dask.io.store import ImageLayout, get_bonemet_attrs
 from bonemet_dask.ops.composite import (
     COMPOSITE_LEGEND,
@@ -30,11 +32,20 @@ from bonemet_dask.ops.composite import (
 )
 from bonemet_dask.ops.convert import default_slices_per_shard
 from bonemet_dask.ops.engine import UnitContext, run_declared
-from bonemet_dask.ops.metrics import SCAN_METRICS, bone_metrics, write_metrics_csv
+from bonemet_dask.ops.metrics import (
+    SCAN_METRICS,
+    bone_metrics,
+    sort_scan_rows,
+    write_metrics_csv,
+)
 from bonemet_dask.ops.roi import ROI_LENGTH_UM, crop_roi, find_tf_junction
 from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport, setting
+from bonemet_dask.selection import Selection
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import zarr
+
     from bonemet_dask.ops.stage import Outcome
 
 __all__ = [
@@ -44,6 +55,8 @@ __all__ = [
     "default_metrics_csv",
     "metrics_of",
     "metrics_table_from_rows",
+    "store_metrics",
+    "write_store_metrics_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -167,13 +180,15 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
         )
 
     def finish(self, report: StageReport, context: UnitContext) -> None:
-        """The metrics of every done output as a table; the CSV when asked for."""
+        """The run's metrics as the report's table; the whole store's in the CSV when asked.
+
+        ``report.table`` holds the selected outputs (written or up to date); the CSV every
+        complete RoI of the output store (:func:`write_store_metrics_csv`), so a run over some
+        mice rewrites the CSV without losing the rows of the others.
+        """
         report.table = metrics_of(report, context.roots.output_root)
-        if report.table is not None and self.metrics_csv is not None:
-            records = context.roots.records_location()
-            write_metrics_csv(report.table, self.metrics_csv, store=records,
-                              storage_options=context.roots.storage_options)  # fmt: skip
-            report.csv = str(self.metrics_csv)
+        if self.metrics_csv is not None:
+            report.csv = write_store_metrics_csv(context.roots, self.metrics_csv)
 
     def note(self, outcome: Outcome) -> str:
         """Junction slice and confidence, or the reason."""
@@ -203,6 +218,72 @@ def metrics_of(report: StageReport, root: Any) -> Any:
     return metrics_table_from_rows(pd.DataFrame(rows))
 
 
+def store_metrics(root: zarr.Group) -> pd.DataFrame | None:
+    """The metrics of every complete ``roi_ct`` group the composite stage wrote in a store.
+
+    Read from each group's ``bonemet.metrics`` (one metadata listing per mouse), whichever run
+    wrote it.  Groups still incomplete, quarantined, or converted from the published RoI-CT
+    (no metrics) are left out.
+
+    Parameters
+    ----------
+    root : zarr.Group
+        The store's root group (``OUT`` when a stage writes elsewhere).
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        :func:`metrics_table_from_rows` form: one row per scan, in
+        :func:`~bonemet_dask.ops.metrics.sort_scan_rows` order (mouse numerically, side,
+        week); None when the store holds no such group.
+    """
+    rows = []
+    skipped = 0
+    for scan in list_scans(root, "roi_ct", Selection()):
+        attrs = scan.attrs
+        by = (attrs.get("provenance") or {}).get("stage")
+        if scan.status != "complete" or by != "composite" or not attrs.get("metrics"):
+            skipped += 1
+            continue
+        rows.append({"mouse": scan.mouse, "side": scan.side, "week": scan.week,
+                     **attrs["metrics"]})  # fmt: skip
+    if skipped:
+        logger.debug("store metrics: %d roi_ct group(s) without finished metrics left out", skipped)
+    if not rows:
+        return None
+    import pandas as pd
+
+    return metrics_table_from_rows(pd.DataFrame(rows))
+
+
+def write_store_metrics_csv(roots: StoreRoots, path: str | os.PathLike) -> str | None:
+    """Write the metrics of the whole output store as CSV, joined with MiceMediRec.
+
+    The rows are :func:`store_metrics` of ``roots.output_root``: every complete RoI there,
+    whichever run or selection wrote it, so rewriting the CSV after a run over some mice keeps
+    the others' rows, and a rerun adds no duplicate.
+
+    Parameters
+    ----------
+    roots : StoreRoots
+        The stage's stores (records read from ``OUT`` first, then ``STORE``).
+    path : str or os.PathLike
+        The CSV (local path or fsspec URL).
+
+    Returns
+    -------
+    str or None
+        ``path`` as text, or None (nothing written) when the store holds no finished RoI.
+    """
+    table = store_metrics(roots.output_root)
+    if table is None:
+        logger.info("no finished roi_ct metrics in the store: %s not written", path)
+        return None
+    write_metrics_csv(table, path, store=roots.records_location(),
+                      storage_options=roots.storage_options)  # fmt: skip
+    return os.fspath(path)
+
+
 def default_metrics_csv(store: Any) -> str | None:
     """``<store>_roi_metrics.csv`` beside a local store; None for a URL or a store object."""
     if not isinstance(store, str | os.PathLike) or "://" in os.fspath(store):
@@ -218,11 +299,7 @@ def metrics_table_from_rows(frame: Any) -> Any:
     frame["mouse"] = frame["mouse"].astype(str)
     frame["week"] = frame["week"].astype("Int64")
     cols = ["mouse", "side", "week", *SCAN_METRICS]
-    return (
-        frame[[c for c in cols if c in frame.columns]]
-        .sort_values(["mouse", "side", "week"], kind="stable")
-        .reset_index(drop=True)
-    )
+    return sort_scan_rows(frame[[c for c in cols if c in frame.columns]])
 
 
 def composite_store(store: Any, out: Any = None, **options: Any) -> StageReport:
@@ -239,13 +316,15 @@ def composite_store(store: Any, out: Any = None, **options: Any) -> StageReport:
         ``mice``, ``weeks`` (of the follow-ups; week 0 is always read as the baseline) and
         ``sides``; the settings of :class:`Composite` (``threshold``, ``length_um`` and
         ``offset_um``: the RoI's length and start below the junction, BoneMet 3000 and 0;
-        ``remove_fibula``; ``metrics_csv``: also write the metrics there, joined with
-        MiceMediRec; ``slices_per_shard``); the engine's (``overwrite``, ``client``,
+        ``remove_fibula``; ``metrics_csv``: also write there the metrics of every complete
+        RoI of the output store, this run's and earlier runs', joined with MiceMediRec;
+        ``slices_per_shard``); the engine's (``overwrite``, ``client``,
         ``concurrency``, ``compute``, ``storage_options``, ``progress``).
 
     Returns
     -------
     StageReport
-        ``table`` holds one row of metrics per written or up-to-date scan.
+        ``table`` holds one row of metrics per written or up-to-date scan of this call's
+        selection; ``csv`` is where the whole store's metrics were written, if anywhere.
     """
     return run_declared(Composite, store, out, **options)

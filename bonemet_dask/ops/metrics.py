@@ -20,6 +20,7 @@ import xarray as xr
 
 from bonemet_dask._backend import meta_like
 from bonemet_dask.kernels.metrics import SLICE_METRICS, slice_metrics
+from bonemet_dask.naming import SIDES
 from bonemet_dask.ops.composite import _as_dataarray, voxel_size_um
 from bonemet_dask.ops.roi import volume_kind
 
@@ -31,6 +32,7 @@ __all__ = [
     "bone_metrics",
     "join_records",
     "metrics_table",
+    "sort_scan_rows",
     "write_metrics_csv",
 ]
 
@@ -180,7 +182,7 @@ def metrics_table(metrics: xr.Dataset | Iterable[xr.Dataset]) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``mouse`` (str), ``side``, ``week`` (int), then :data:`SCAN_METRICS`; rows
-        sorted by mouse, side, week; NaN rows of missing stacked scans dropped.
+        in :func:`sort_scan_rows` order; NaN rows of missing stacked scans dropped.
     """
     import pandas as pd
 
@@ -203,7 +205,40 @@ def metrics_table(metrics: xr.Dataset | Iterable[xr.Dataset]) -> pd.DataFrame:
     table["week"] = pd_to_int(table["week"])
     columns = ["mouse", "side", "week", *[c for c in SCAN_METRICS if c in table.columns]]
     table = table[columns + [c for c in table.columns if c not in columns]]
-    return table.sort_values(["mouse", "side", "week"], kind="stable").reset_index(drop=True)
+    return sort_scan_rows(table)
+
+
+def sort_scan_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a per-scan table in scan order: mouse (numerically), side, week.
+
+    Numeric animal ids sort as numbers (``9`` before ``10``) and before other ids, which sort
+    as text; sides in :data:`~bonemet_dask.naming.SIDES` order (left, right, both), then any
+    other side as text; weeks as numbers, missing weeks last.  Ties keep their order.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        With columns ``mouse``, ``side`` and ``week``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same rows reordered, with a fresh ``RangeIndex``.
+    """
+    import pandas as pd
+
+    def key(mouse: Any, side: Any, week: Any) -> tuple:
+        text = str(mouse).strip()
+        number = int(text) if text.isdigit() else 0
+        side_rank = SIDES.index(side) if side in SIDES else len(SIDES)
+        missing = week is None or bool(pd.isna(week))
+        return (not text.isdigit(), number, text, side_rank, str(side),
+                missing, 0 if missing else int(week))  # fmt: skip
+
+    keys = [key(*values) for values in zip(table["mouse"], table["side"], table["week"],
+                                           strict=True)]  # fmt: skip
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return table.iloc[order].reset_index(drop=True)
 
 
 def _find_column(columns: Iterable[str], patterns: tuple[str, ...]) -> str | None:

@@ -24,10 +24,14 @@ from bonemet_dask.errors import UsageError
 from bonemet_dask.io.catalog import Catalog, scan_source
 from bonemet_dask.io.consolidate import consolidating
 from bonemet_dask.io.scans import StoreRoots, open_root
-from bonemet_dask.ops.composite_store import Composite, default_metrics_csv, metrics_of
+from bonemet_dask.ops.composite_store import (
+    Composite,
+    default_metrics_csv,
+    metrics_of,
+    write_store_metrics_csv,
+)
 from bonemet_dask.ops.convert import convert, write_source_records
 from bonemet_dask.ops.engine import default_concurrency, run_stage
-from bonemet_dask.ops.metrics import write_metrics_csv
 from bonemet_dask.ops.reconstruct_store import Reconstruct
 from bonemet_dask.ops.register_store import Register
 from bonemet_dask.ops.segment_store import Segment
@@ -311,13 +315,19 @@ def _split_by_mouse(catalog: Catalog) -> dict[str, Catalog]:
 
 
 def _metrics(report: RunReport, roots: StoreRoots, metrics_csv: Any) -> None:
-    """Every mouse's metrics in one table; the CSV joined with MiceMediRec."""
+    """The run's metrics as ``report.table``; the whole store's in the CSV.
+
+    ``report.table`` holds the run's own scans (written or up to date), one row each.  The CSV
+    (``metrics_csv``, default beside a local store) holds every complete RoI of the store,
+    this run's and earlier runs'
+    (:func:`~bonemet_dask.ops.composite_store.write_store_metrics_csv`), joined with
+    MiceMediRec and sorted by mouse (numerically), side and week: ``run --mice 2`` after
+    ``run --mice 1`` keeps mouse 1's rows, and a rerun duplicates none.
+    """
     composite = report.stages.get("composite")
     if composite is None:
         return
     report.table = metrics_of(composite, roots.output_root)
     metrics_csv = metrics_csv or default_metrics_csv(roots.store)
-    if report.table is not None and metrics_csv is not None:
-        write_metrics_csv(report.table, metrics_csv, store=roots.records_location(),
-                          storage_options=roots.storage_options)  # fmt: skip
-        report.csv = os.fspath(metrics_csv)
+    if metrics_csv is not None:
+        report.csv = write_store_metrics_csv(roots, metrics_csv)

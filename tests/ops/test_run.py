@@ -199,3 +199,42 @@ def test_scheduler_load_and_client_memory_stay_flat(tmp_path):
     assert peak <= 2 * largest  # measured 24 = 2 x 12: two mice in flight, never more
     assert len(rss) == 50 and rss[-1] - rss[9] < 16  # MiB over 40 mice; measured 3.7
     json.dumps(report.stages["segment"].counts())  # the report is plain data
+
+
+def test_a_run_keeps_the_metrics_rows_of_earlier_runs(tmp_path):
+    """``run`` over mouse A, then over mouse B, into one store: the CSV is the store's, so it
+    holds both mice's rows (sorted by numeric id: 99 before 100), and rerunning A adds none;
+    ``report.table`` stays the run's own rows.  ``composite_store`` writes the same CSV."""
+    import pandas as pd
+
+    # seed 2: every tiny tibia has a fibula the junction tracker finds
+    config = SynthConfig(mice=2, weeks=2, size="tiny", seed=2, products="voxelised",
+                         components=("recon_ct",), first_mouse_id=99)  # fmt: skip
+    generate(str(tmp_path / "src"), config)
+    a, b = config.mouse_ids
+    assert (a, b) == ("99", "100")
+    store, csv = str(tmp_path / "s.zarr"), tmp_path / "metrics.csv"
+    common = {"start": "recon_ct", "until": "composite", "metrics_csv": str(csv),
+              "options": {"register": {"roll_starts": "bonemet"}}}  # fmt: skip
+
+    def rows() -> list[tuple[str, str, int]]:
+        table = pd.read_csv(csv, dtype={"mouse": str})
+        assert {"Animal ID", "bone_volume_mm3"} <= set(table.columns)  # joined with the records
+        return list(zip(table["mouse"], table["side"], table["week"], strict=True))
+
+    first = run(str(tmp_path / "src"), store, mice=a, **common)
+    assert first.exit_code == 0 and first.csv == str(csv)
+    scans = [(m, s, w) for m in (a, b) for s in ("left", "right") for w in (0, 1)]
+    assert rows() == scans[:4]
+    second = run(str(tmp_path / "src"), store, mice=b, **common)
+    assert second.stages["composite"].counts()["written"] == 4
+    assert list(second.table["mouse"].unique()) == [b]  # the table: this run's scans only
+    assert rows() == scans  # mouse A's rows kept, numeric order
+    before = csv.read_text()
+    again = run(str(tmp_path / "src"), store, mice=a, **common)
+    assert again.stages["composite"].counts()["up to date"] == 4
+    assert rows() == scans and csv.read_text() == before  # no duplicate, the same values
+    csv.unlink()
+    report = composite_store(store, mice=b, metrics_csv=str(csv))  # the stage on its own
+    assert report.counts()["up to date"] == 4 and len(report.table) == 4
+    assert rows() == scans and csv.read_text() == before
