@@ -1,6 +1,6 @@
 """Check every CuPy kernel against its CPU result, and time it.  Run on a machine with a GPU.
 
-Run: ``python benchmarks/gpu_check.py [--quick] [--json results.json]``
+Run: ``python benchmarks/gpu_check.py [--quick] [--json results.json] [--no-run | --run-only]``
 
 Each check runs the same kernel on a numpy chunk and on a CuPy chunk, reports the largest
 difference (relative to the CPU result's largest magnitude) against the check's tolerance, and
@@ -8,13 +8,26 @@ times both.  GPU times are device times from CUDA events, best of ``--repeat`` a
 (compilation); the FDK checks also report GUPS (projections x voxels / s) and extrapolate one full
 BoneMet scan (4.39e12 voxel updates).  A check whose kernel module is missing or fails is reported
 as such; the script exits 1 if any comparison fails.  CI never runs this file.
+
+After the kernel checks (``--no-run`` skips it, ``--run-only`` runs nothing else), the end-to-end
+check (:func:`end_to_end`): ``bm.run`` from the raw projections of one synthetic mouse (``small``,
+2 weeks: on 2 CPU cores 20 s to generate, 15 s per run) to the composites and metrics, once with
+``backend="numpy"`` and no client, once with ``backend="cupy"`` under ``bm.connect("gpu")``
+(dask-cuda's LocalCUDACluster; without dask-cuda, reported, a LocalCluster of one worker with
+the resource ``GPU=1``), into two stores, compared against :data:`RUN_LIMITS` and
+:data:`METRIC_LIMITS`.  ``--cpu-dry-run`` needs no GPU: numpy on both sides, the second under
+``connect("local")``, so the whole comparison runs anywhere (``--dry-run-perturb`` changes the
+second run's settings, to see a check pass or fail).  ``tiny`` is no size for it: at 640 um the
+reconstruction's blur merges the fibula into the tibia and no composite is made.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -336,14 +349,394 @@ def check_resample(args) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# end to end: ``bm.run`` on one synthetic mouse, numpy against cupy under connect("gpu")
+# --------------------------------------------------------------------------------------------
+
+RUN_LIMITS: dict[str, tuple[str, float]] = {
+    "recon float max rel diff": ("<=", 5e-3),  # check_reconstruct's, texture interpolation
+    "recon grey max abs diff": ("<=", 2.0),  # grey levels: 5e-3 of the window, rounded
+    "recon grey correlation": (">=", 0.9999),
+    "seg crop box max shift": ("<=", 1.0),  # voxels
+    "seg mask Dice": (">=", 0.995),
+    "regist bone Dice": (">=", 0.99),  # grey >= 75
+    "regist grey correlation": (">=", 0.999),
+    # the roll about a tibia's long axis is loosely held: a 0.2% grey window turns it 0.3 deg
+    "regist rotation diff deg": ("<=", 1.0),
+    "regist shift diff voxels": ("<=", 0.5),  # at the transform's centre
+    "junction slice diff": ("<=", 1.0),
+    "outputs done, both runs": (">=", 1.0),  # every output of every stage written (1) or not (0)
+}
+"""Per-scan comparisons of the two runs: ``(op, limit)``; a value on the wrong side fails.
+Calibrated with ``--cpu-dry-run --dry-run-perturb window`` (a 0.2% wider grey window, about
+the rounding a GPU's float differences cause: recon grey 1 level at most, seg Dice >= 0.9985,
+regist Dice >= 0.996, rotation 0.31 deg) and ``filter`` (another ramp window, which fails)."""
+
+METRIC_LIMITS: dict[str, tuple[float, float]] = {
+    "bone_volume_mm3": (0.02, 0.0),  # a one-slice junction shift moves the RoI by 1/19 here
+    "tissue_volume_mm3": (0.02, 0.0),
+    "bv_tv": (0.01, 0.0),
+    "baseline_bone_volume_mm3": (0.02, 0.0),
+    "formed_volume_mm3": (0.10, 0.005),  # atol: a fraction of the row's baseline bone volume
+    "resorbed_volume_mm3": (0.10, 0.005),
+    "formed_fraction": (0.10, 0.005),
+    "resorbed_fraction": (0.10, 0.005),
+    "cortical_thickness_mm": (0.02, 0.0),
+    "cortical_area_mm2": (0.03, 0.0),  # mean over the cortical slices: one more or less
+    "cortical_slices": (0.0, 1.0),
+}
+"""Per-scan metrics: ``(rtol, atol)``, ok when ``|a - b| <= atol + rtol * max(|a|, |b|)``;
+the atol of the formed and resorbed volumes is relative to the row's baseline bone volume (the
+changes are differences of two scans, small against either: at ``small`` size a control
+tibia's are 5-30 voxels of noise, and the 0.2% window perturbation moves them by 1-4 voxels);
+both NaN is equal."""
+
+PERTURBATIONS = {
+    "none": {},
+    "window": {"reconstruct": {"window": (0.0, 0.11 * 1.002)}},
+    "filter": {"reconstruct": {"filter": "hann"}},
+}
+"""CPU dry run only: settings of the second run.  ``window``: the grey window 0.2% wider (about
+the grey-level rounding a GPU's float differences cause: must pass); ``filter``: the Hann ramp
+window instead of Hamming (another reconstruction: must fail)."""
 
 
-def environment() -> dict:
+def run_check(name: str, value: float, *, scan: str = "") -> dict:
+    """One comparison row of the end-to-end section against :data:`RUN_LIMITS`."""
+    op, limit = RUN_LIMITS[name]
+    ok = bool(value <= limit) if op == "<=" else bool(value >= limit)
+    return {"check": f"run: {name}" + (f" {scan}" if scan else ""), "value": float(value),
+            "op": op, "limit": limit, "ok": ok and bool(np.isfinite(value))}  # fmt: skip
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _common(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays cut to their common corner-aligned shape (equal shapes: unchanged)."""
+    shape = tuple(min(x, y) for x, y in zip(a.shape, b.shape, strict=True))
+    cut = tuple(slice(0, n) for n in shape)
+    return a[cut], b[cut]
+
+
+def _transform_diff(a: dict, b: dict, voxel_um: float) -> tuple[float, float]:
+    """Rotation (degrees) and shift at the centre (voxels) between two recorded transforms."""
+    from scipy.spatial.transform import Rotation
+
+    ma, mb = np.asarray(a["matrix"], np.float64), np.asarray(b["matrix"], np.float64)
+    centre = np.asarray(a.get("centre_um", (0.0, 0.0, 0.0)), np.float64)
+    angle = float(np.degrees(Rotation.from_matrix(ma[:3, :3].T @ mb[:3, :3]).magnitude()))
+    point = np.append(centre, 1.0)
+    shift = float(np.linalg.norm((ma @ point)[:3] - (mb @ point)[:3]) / voxel_um)
+    return angle, shift
+
+
+def _paths(root, component: str) -> list[str]:
+    """The scan groups of a component, ``mouse/side/weekN``, sorted."""
+    if component not in root:
+        return []
+    found = []
+    for mouse, group in root[component].groups():
+        for relative, node in group.members(max_depth=1):
+            if relative.count("/") == 1 and hasattr(node, "groups"):
+                found.append(f"{mouse}/{relative}")
+    return sorted(found)
+
+
+def compare_stores(ref_store: str, other_store: str) -> list[dict]:
+    """Reconstruction, segmentation, registration and junction of two ``run`` stores.
+
+    Every ``recon_ct``, ``seg_ct``, ``regist_ct`` and ``roi_ct`` group of ``ref_store`` is
+    compared with the same group of ``other_store`` (a group missing there fails), against
+    :data:`RUN_LIMITS`.
+    """
+    import zarr
+
+    ref, other = zarr.open_group(ref_store, mode="r"), zarr.open_group(other_store, mode="r")
+    rows: list[dict] = []
+
+    def missing(component: str, path: str) -> bool:
+        if f"{component}/{path}" in other:
+            return False
+        rows.append({"check": f"run: {component}/{path} missing in {other_store}", "ok": False})
+        return True
+
+    voxel_um = 1.0
+    for path in _paths(ref, "recon_ct"):
+        if missing("recon_ct", path):
+            continue
+        a, b = ref[f"recon_ct/{path}"], other[f"recon_ct/{path}"]
+        voxel_um = a.attrs["bonemet"]["provenance"].get("voxel_size_um", voxel_um)
+        if "attenuation" in a and "attenuation" in b:
+            fa, fb = _common(np.asarray(a["attenuation"][...]), np.asarray(b["attenuation"][...]))
+            rows.append(run_check("recon float max rel diff", rel_diff(fa, fb), scan=path))
+        ga, gb = _common(np.asarray(a["0"][...]), np.asarray(b["0"][...]))
+        grey = np.abs(ga.astype(np.int16) - gb.astype(np.int16))
+        rows.append(run_check("recon grey max abs diff", float(grey.max()), scan=path))
+        rows[-1]["mean_abs_diff"] = float(grey.mean())
+        rows.append(run_check("recon grey correlation", _correlation(ga, gb), scan=path))
+    shapes = {p: ref[f"recon_ct/{p}"]["0"].shape for p in _paths(ref, "recon_ct")}
+    for path in _paths(ref, "seg_ct"):
+        if missing("seg_ct", path):
+            continue
+        a, b = ref[f"seg_ct/{path}"], other[f"seg_ct/{path}"]
+        box_a, box_b = a.attrs["bonemet"]["crop_box"], b.attrs["bonemet"]["crop_box"]
+        shift = max(abs(x - y) for key in ("lo", "hi")
+                    for x, y in zip(box_a[key], box_b[key], strict=True))  # fmt: skip
+        rows.append(run_check("seg crop box max shift", float(shift), scan=path))
+        mouse, _, week = path.split("/")
+        frame = shapes.get(f"{mouse}/both/{week}")
+        ma, mb = np.asarray(a["mask"][...]) > 0, np.asarray(b["mask"][...]) > 0
+        if frame is not None:  # both masks in the reconstruction's frame
+            placed = []
+            for mask, box in ((ma, box_a), (mb, box_b)):
+                full = np.zeros(frame, bool)
+                lo = box["lo"]
+                full[tuple(slice(o, o + n) for o, n in zip(lo, mask.shape, strict=True))] = mask
+                placed.append(full)
+            ma, mb = placed
+        else:
+            ma, mb = _common(ma, mb)
+        rows.append(run_check("seg mask Dice", _dice(ma, mb), scan=path))
+    for path in _paths(ref, "regist_ct"):
+        if missing("regist_ct", path):
+            continue
+        a, b = ref[f"regist_ct/{path}"], other[f"regist_ct/{path}"]
+        ga, gb = _common(np.asarray(a["0"][...]), np.asarray(b["0"][...]))
+        rows.append(run_check("regist bone Dice", _dice(ga >= 75, gb >= 75), scan=path))
+        rows.append(run_check("regist grey correlation", _correlation(ga, gb), scan=path))
+        ra = a.attrs["bonemet"].get("registration", {}).get("transform")
+        rb = b.attrs["bonemet"].get("registration", {}).get("transform")
+        if ra and rb:
+            angle, shift = _transform_diff(ra, rb, voxel_um)
+            rows.append(run_check("regist rotation diff deg", angle, scan=path))
+            rows.append(run_check("regist shift diff voxels", shift, scan=path))
+    for path in _paths(ref, "roi_ct"):
+        if missing("roi_ct", path):
+            continue
+        ja = ref[f"roi_ct/{path}"].attrs["bonemet"].get("junction_slice")
+        jb = other[f"roi_ct/{path}"].attrs["bonemet"].get("junction_slice")
+        if ja is not None and jb is not None:
+            rows.append(run_check("junction slice diff", float(abs(ja - jb)), scan=path))
+    return rows
+
+
+def compare_metrics(ref, other) -> list[dict]:
+    """Per-scan metrics of two runs' tables against :data:`METRIC_LIMITS`, one row per value.
+
+    A scan in one table and not the other fails.
+    """
+    key = ["mouse", "side", "week"]
+    if ref is None or other is None or len(ref) == 0:
+        return [{"check": "run: metrics tables (none from a run)", "ok": False}]
+    a, b = ref.set_index(key), other.set_index(key)
+    rows = []
+    for scan in a.index.union(b.index):
+        label = "/".join(map(str, scan))
+        if scan not in a.index or scan not in b.index:
+            rows.append({"check": f"run: metrics of {label} in one run only", "ok": False})
+            continue
+        base = float(a.loc[scan, "baseline_bone_volume_mm3"])
+        for metric, (rtol, atol) in METRIC_LIMITS.items():
+            x, y = float(a.loc[scan, metric]), float(b.loc[scan, metric])
+            if metric.endswith(("formed_volume_mm3", "resorbed_volume_mm3")):
+                atol = atol * (base if np.isfinite(base) else 0.0)
+            both_nan = np.isnan(x) and np.isnan(y)
+            diff = 0.0 if both_nan else abs(x - y)
+            scale = max(abs(x), abs(y)) if not both_nan else 0.0
+            limit = atol + rtol * scale
+            ok = both_nan or bool(diff <= limit)
+            rows.append({"check": f"run: metric {metric} {label}", "metric": metric,
+                         "scan": label, "numpy": x, "other": y,
+                         "rel_diff": 0.0 if diff == 0 else diff / scale, "abs_diff": diff,
+                         "limit": limit, "ok": ok})  # fmt: skip
+    return rows
+
+
+def _time_run(label: str, source: str, store: str, **kwargs) -> tuple[object, float]:
+    import bonemet_dask as bm
+
+    shutil.rmtree(store, ignore_errors=True)  # a fresh store: every output computed
+    ends: dict[str, float] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total:  # one mouse: the stage's end
+            ends[stage] = time.perf_counter()
+
+    started = time.perf_counter()
+    report = bm.run(source, store, until="composite", metrics_csv=None, progress=progress,
+                    **kwargs)  # fmt: skip
+    seconds = time.perf_counter() - started
+    marks = [started, *ends.values()]
+    stages = ", ".join(f"{n} {b - a:.1f}" for n, a, b in zip(ends, marks, marks[1:], strict=False))
+    print(f"  {label}: {seconds:.1f} s (stages, s: {stages}); exit code {report.exit_code}",
+          flush=True)  # fmt: skip
+    for name, stage in report.stages.items():
+        for outcome in stage.outcomes:
+            if not outcome.done:
+                print(f"    {name} {outcome.path}: {outcome.status}: {outcome.reason}")
+    return report, seconds
+
+
+def _gpu_client(args: argparse.Namespace) -> tuple[object, str]:
+    """``bm.connect("gpu")`` (``"local"`` in the dry run), or a LocalCluster with GPU=1."""
+    import bonemet_dask as bm
+
+    # the workers are new processes: they import bonemet_dask from this checkout too
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p != root]])
+    if args.cpu_dry_run:
+        return bm.connect("local", n_workers=2, threads_per_worker=1, dashboard_address=":0"), (
+            "connect('local'), 2 workers x 1 thread (CPU dry run)"
+        )
+    try:
+        import dask_cuda
+    except ImportError:
+        from distributed import Client, LocalCluster
+
+        print("  dask_cuda is MISSING: connect('gpu') needs it (pip install "
+              "'bonemet-dask[gpu]'); falling back to a LocalCluster of one worker with "
+              "resources GPU=1 built here (connect() has no such kind)", flush=True)  # fmt: skip
+        cluster = LocalCluster(n_workers=1, threads_per_worker=args.run_threads, processes=True,
+                               resources={"GPU": 1}, host="127.0.0.1",
+                               dashboard_address=":0")  # fmt: skip
+        return Client(cluster), f"LocalCluster(GPU=1) x {args.run_threads} threads: NO dask_cuda"
+    client = bm.connect("gpu", threads_per_worker=args.run_threads, dashboard_address=":0")
+    return client, f"connect('gpu'): dask_cuda {dask_cuda.__version__}, {args.run_threads} threads"
+
+
+def _close(client) -> None:
+    """Close a client and the cluster ``connect`` started for it (its close leaves that up)."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _source(workdir: Path, config) -> str:
+    """The synthetic tree of ``config`` under ``workdir`` (kept between runs of the script)."""
+    from bonemet_dask.synth import generate
+
+    source, stamp = workdir / "src", workdir / "src.json"
+    wanted = json.dumps(repr(config))
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        shutil.rmtree(source, ignore_errors=True)
+        started = time.perf_counter()
+        generate(str(source), config)
+        stamp.write_text(wanted)
+        print(f"  generated {config.mice} mouse x {config.weeks} weeks, {config.size}: "
+              f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
+    return str(source)
+
+
+def end_to_end(args: argparse.Namespace) -> list[dict]:
+    """``bm.run`` on one synthetic mouse with numpy, then with cupy under ``connect("gpu")``.
+
+    From the raw projections (the FDK is the stage the backend changes) to the composites and
+    metrics, into two stores; the reconstructions (float attenuation kept), segmentation masks,
+    registered volumes and transforms, junctions and metrics are compared
+    (:func:`compare_stores`, :func:`compare_metrics`).  The numpy run uses dask's threaded
+    scheduler (no client).  With ``args.cpu_dry_run`` the second run is numpy under
+    ``connect("local")``: the whole path without a GPU (differences 0 unless
+    ``args.dry_run_perturb`` changes its settings).
+
+    Returns
+    -------
+    list of dict
+        Check rows (``ok`` False for each failure) and one row per run with its time.
+    """
+    import tempfile
+
+    import dask
+
+    from bonemet_dask.synth import SynthConfig
+
+    if args.dry_run_perturb != "none" and not args.cpu_dry_run:
+        raise SystemExit("--dry-run-perturb needs --cpu-dry-run")
+    config = SynthConfig(mice=1, weeks=args.run_weeks, size=args.run_size, seed=args.run_seed,
+                         components=("rotation_xray", "recon_ct"))  # fmt: skip
+    keep = args.workdir is not None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_check_run_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        source = _source(workdir, config)
+        options = {"reconstruct": {"keep_float": True}}
+        ref_store, other_store = str(workdir / "numpy.zarr"), str(workdir / "other.zarr")
+        with dask.config.set(scheduler="threads"):
+            ref, ref_s = _time_run("numpy, no client (threads)", source, ref_store,
+                                   backend="numpy", options=options)  # fmt: skip
+        other_options = {**options}
+        for stage, settings in PERTURBATIONS[args.dry_run_perturb].items():
+            other_options[stage] = {**other_options.get(stage, {}), **settings}
+        started = time.perf_counter()
+        client, how = _gpu_client(args)
+        print(f"  cluster up in {time.perf_counter() - started:.1f} s: {how}", flush=True)
+        try:
+            backend = "numpy" if args.cpu_dry_run else "cupy"
+            other, other_s = _time_run(f"{backend}, {how}", source, other_store,
+                                       backend=backend, options=other_options,
+                                       client=client)  # fmt: skip
+        finally:
+            _close(client)
+        rows = [
+            {"check": "run: numpy (threads)", "seconds": ref_s, "ok": None},
+            {"check": f"run: {backend} ({how})", "seconds": other_s, "ok": None},
+            run_check("outputs done, both runs", float(ref.exit_code == 0 == other.exit_code)),
+        ]
+        rows += compare_stores(ref_store, other_store)
+        rows += compare_metrics(ref.table, other.table)
+        return rows
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_markdown(rows: list[dict]) -> str:
+    """The end-to-end rows as tables: the checks, then each metric's worst scan."""
+    lines = ["| check | value | limit | ok |", "|---|---|---|---|"]
+    worst: dict[str, tuple[tuple, dict]] = {}
+    for r in rows:
+        if "metric" in r:
+            rank = (not r["ok"], r["abs_diff"] / r["limit"] if r["limit"] else r["abs_diff"])
+            if r["metric"] not in worst or rank > worst[r["metric"]][0]:
+                worst[r["metric"]] = (rank, r)
+            continue
+        if "seconds" in r:
+            lines.append(f"| {r['check']} | {r['seconds']:.1f} s | | |")
+            continue
+        value = "" if "value" not in r else format(r["value"], ".4g")
+        limit = "" if "limit" not in r else f"{r['op']} {r['limit']:g}"
+        lines.append(f"| {r['check']} | {value} | {limit} | {'yes' if r['ok'] else 'NO'} |")
+    lines += ["", "| metric (worst scan) | scan | numpy | other | abs diff | rel diff | limit "
+              "(abs) | ok |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for metric, (_, r) in worst.items():
+        lines.append(f"| {metric} | {r['scan']} | {r['numpy']:.5g} | {r['other']:.5g} "
+                     f"| {r['abs_diff']:.3g} | {r['rel_diff']:.2e} | {r['limit']:.3g} | "
+                     f"{'yes' if r['ok'] else 'NO'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def environment(gpu: bool = True) -> dict:
+    env = {"numpy": np.__version__, "python": platform.python_version()}
+    if not gpu:
+        return {"gpu": None, **env}
     import cupy
 
     props = cupy.cuda.runtime.getDeviceProperties(0)
     return {"gpu": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
-            "cupy": cupy.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "cupy": cupy.__version__, **env,
             "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}  # fmt: skip
 
 
@@ -370,33 +763,72 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None, help="substrings of check names")
     parser.add_argument("--json", type=Path, default=None)
+    part = parser.add_mutually_exclusive_group()
+    part.add_argument("--no-run", action="store_true", help="skip the end-to-end bm.run check")
+    part.add_argument("--run-only", action="store_true", help="only the end-to-end bm.run check")
+    parser.add_argument("--cpu-dry-run", action="store_true",
+                        help="end-to-end check without a GPU: numpy on both sides, the second "
+                        "under connect('local'); kernel checks skipped")  # fmt: skip
+    parser.add_argument("--dry-run-perturb", choices=sorted(PERTURBATIONS), default="none",
+                        help="--cpu-dry-run: change the second run (window: must pass; filter: "
+                        "must fail)")  # fmt: skip
+    parser.add_argument("--run-size", default="small", help="synthetic size (small, medium)")
+    parser.add_argument("--run-weeks", type=int, default=2)
+    parser.add_argument("--run-seed", type=int, default=0)
+    parser.add_argument("--run-threads", type=int, default=4,
+                        help="threads of the GPU worker (connect('gpu', "
+                        "threads_per_worker=))")  # fmt: skip
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the synthetic tree and both stores here (default: a temporary "
+                        "folder, removed)")  # fmt: skip
     args = parser.parse_args()
     from bonemet_dask._backend import gpu_available
 
-    if not gpu_available():
-        print("no working CUDA device: nothing to check", file=sys.stderr)
+    gpu = not args.cpu_dry_run
+    if gpu and not gpu_available():
+        print("no working CUDA device: nothing to check (--cpu-dry-run runs the end-to-end "
+              "check's path on numpy)", file=sys.stderr)  # fmt: skip
         return 2
-    env = environment()
+    env = environment(gpu)
     print(json.dumps(env))
     rows: list[dict] = []
-    for name, fn in CHECKS:
-        if args.only and not any(s in name for s in args.only):
-            continue
+    if gpu and not args.run_only:
+        for name, fn in CHECKS:
+            if args.only and not any(s in name for s in args.only):
+                continue
+            started = time.perf_counter()
+            try:
+                got = fn(args)
+            except Exception as err:
+                traceback.print_exc()
+                got = [row(name, error=f"{type(err).__name__}: {err}")]
+                got[0]["ok"] = False
+            print(f"{name}: {time.perf_counter() - started:.1f} s", flush=True)
+            for r in got:
+                print("  ", json.dumps(r), flush=True)
+            rows.extend(got)
+        print(markdown(rows))
+    elif not args.run_only:
+        print("CPU dry run: kernel checks skipped (they need CuPy on a GPU)")
+    if not args.no_run:
+        name = "end to end: bm.run numpy vs " + ("numpy (dry run)" if args.cpu_dry_run else "cupy")
+        print(f"{name} ...", flush=True)
         started = time.perf_counter()
         try:
-            got = fn(args)
+            got = end_to_end(args)
         except Exception as err:
             traceback.print_exc()
-            got = [row(name, error=f"{type(err).__name__}: {err}")]
-            got[0]["ok"] = False
+            got = [{"check": name, "error": f"{type(err).__name__}: {err}", "ok": False}]
         print(f"{name}: {time.perf_counter() - started:.1f} s", flush=True)
-        for r in got:
-            print("  ", json.dumps(r), flush=True)
+        print(run_markdown(got))
         rows.extend(got)
-    print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
-    return 0 if all(r.get("ok") is not False for r in rows) else 1
+    failed = [r["check"] for r in rows if r.get("ok") is False]
+    if failed:
+        print(f"FAILED ({len(failed)}): " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
