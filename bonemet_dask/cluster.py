@@ -363,7 +363,7 @@ def connect(
             host=config.get("cluster.scheduler-host"),
             dashboard_address=dashboard_address,
         )
-        client = Client(local)
+        client = _owning(local)
     elif cluster == "gpu":
         try:
             from dask_cuda import LocalCUDACluster
@@ -377,7 +377,7 @@ def connect(
             dashboard_address=dashboard_address,
             resources={"GPU": 1},
         )
-        client = Client(gpu)
+        client = _owning(gpu)
     elif cluster.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
         client = Client(cluster)
     elif os.path.isfile(cluster):
@@ -508,8 +508,7 @@ def _connect_jobqueue(
     logger.debug("job script:\n%s", job_cluster.job_script())
     client = None
     try:
-        client = _client_class()(job_cluster)
-        client._bonemet_cluster = job_cluster
+        client = _owning(job_cluster)
         if first:
             job_cluster.scale(jobs=first)
             if wait:
@@ -628,6 +627,13 @@ def _cluster_class(kind: str) -> type:
 
     Job.__name__ = Job.__qualname__ = base.job_cls.__name__
     return type(base.__name__, (base,), {"job_cls": Job, "__module__": __name__})
+
+
+def _owning(cluster: Any) -> Client:
+    """A client of ``cluster`` whose ``close()`` (or ``with`` exit) also stops that cluster."""
+    client = _client_class()(cluster)
+    client._bonemet_cluster = cluster
+    return client
 
 
 @functools.cache

@@ -263,10 +263,11 @@ def test_deployment_files_load_and_follow_the_rule():
 def test_local_cluster_still_starts_and_hints_a_tunnel():
     with dask.config.set({"bonemet.cluster.dashboard-address": "127.0.0.1:0"}):
         client = bm.connect("local", n_workers=1)
+    cluster = client.cluster
     with client:
         assert client.submit(sum, [1, 2]).result(timeout=30) == 3
         assert "ssh -N -L" in dashboard_hint(client)
-    client.cluster.close()
+    assert cluster.status.name == "closed"  # leaving the client stops the cluster it started
 
 
 # ---------------------------------------------------------------- the CLI
