@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bonemet_dask.io.scans import ScanRef
-from bonemet_dask.io.store import ImageLayout
 from bonemet_dask.ops.engine import UnitContext, run_declared
 from bonemet_dask.ops.register import LEVELS_UM, finish, plan_registration
 from bonemet_dask.ops.resample import resample
@@ -117,13 +116,7 @@ class Register(
             result = finish(plan, search)
             transform, shape, spacing = result.transform, result.shape, result.spacing_um
             record = {k: v for k, v in result.to_dict().items() if k != "seconds"}
-        layout = ImageLayout.default_for(
-            "ct",
-            shape,
-            "uint8",
-            voxel_size_um=list(spacing),
-            slices_per_shard=self.slices_per_shard,
-        )
+        layout = self.output_layout(shape, list(spacing))
         registered = resample(moving, transform, shape=shape, spacing=spacing,
                               chunks=(layout.slices_per_shard, *layout.shape[1:]))  # fmt: skip
         attrs: dict[str, Any] = {

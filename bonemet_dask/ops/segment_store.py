@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bonemet_dask.io.scans import ScanRef
-from bonemet_dask.io.store import ImageLayout, read_ome_scale
+from bonemet_dask.io.store import read_ome_scale
 from bonemet_dask.ops.engine import UnitContext, run_declared
 from bonemet_dask.ops.segment import SIDES_BY_X, SegmentationError, segment_tibiae
 from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport, setting
@@ -63,13 +63,7 @@ class Segment(Stage, name="segment", reads="recon_ct", writes="seg_ct"):
             raise crops
         crop = crops[output.side]
         scale = read_ome_scale(context.roots.root(scan.where)[scan.path]) or (1.0, 1.0, 1.0)
-        layout = ImageLayout.default_for(
-            "ct",
-            crop.shape,
-            "uint8",
-            voxel_size_um=scale,
-            slices_per_shard=self.slices_per_shard,
-        )
+        layout = self.output_layout(crop.shape, scale)
         attrs = dict(crop.attrs["bonemet"])
         attrs["provenance"] = {"operation": attrs["provenance"]["operation"]}
         return Product(

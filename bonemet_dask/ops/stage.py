@@ -302,8 +302,26 @@ class Stage:
         return PRODUCERS[self.reads]
 
     slices_per_shard: int | None = setting(
-        None, "Slices per shard = per writing task (default: 64, more for small images)."
+        None,
+        "Slices per shard = per writing task (default: 256 MiB of slices, a multiple of 64; "
+        "the reconstruction: 64, its slab).",
     )
+
+    def output_layout(self, shape: tuple[int, ...], voxel_size_um: Any) -> ImageLayout:
+        """The store layout of a uint8 output: ``slices_per_shard``, else about 256 MiB a shard.
+
+        Shards as large as the conversion's keep a store of small crops within the object
+        budget of DESIGN.md (one object per 64 MB of source; 64-slice shards of a Regist-CT
+        crop hold 0.7 MB stored).
+        """
+        from bonemet_dask.io.store import ImageLayout
+        from bonemet_dask.ops.convert import default_slices_per_shard
+
+        shape3 = tuple(int(n) for n in shape)
+        per_shard = self.slices_per_shard or default_slices_per_shard("ct", shape3, "uint8")
+        return ImageLayout.default_for(
+            "ct", shape3, "uint8", voxel_size_um=voxel_size_um, slices_per_shard=per_shard
+        )
 
     @property
     def parameters(self) -> dict[str, Any]:

@@ -214,7 +214,7 @@ def test_store_round_trip_resume_and_refusal(dataset, segmented, tmp_path):
 
     store, truth = dataset
     out = tmp_path / "out.zarr"
-    report = segment_store(str(store), str(out), weeks=[0])
+    report = segment_store(str(store), str(out), weeks=[0], slices_per_shard=64)
     assert sorted(report.written) == sorted(
         scan_group_path("seg_ct", m, s, 0) for m in CONFIG.mouse_ids for s in SIDES
     )
@@ -249,7 +249,7 @@ def test_store_round_trip_resume_and_refusal(dataset, segmented, tmp_path):
                 .values[tuple(slice(*v) for v in zip(lo - box[0], hi - box[0], strict=True))]
             )
             np.testing.assert_array_equal(a, b)
-    again = segment_store(str(store), str(out))
+    again = segment_store(str(store), str(out), slices_per_shard=64)
     assert not again.written and all(r == "up to date" for _, r in again.skipped)
     # a killed run: one shard and its digests lost, status incomplete -> only it is rewritten
     path = scan_group_path("seg_ct", "851", "left", 0)
@@ -260,16 +260,18 @@ def test_store_round_trip_resume_and_refusal(dataset, segmented, tmp_path):
     sync(group.store.delete(f"{path}/0/c/1/0/0"))
     group.attrs["bonemet"] = {**group.attrs["bonemet"], "status": "incomplete"}
     assert group["0"][64:].max() == 0  # the shard is gone
-    resumed = segment_store(str(store), str(out), mice=["851"])
+    resumed = segment_store(str(store), str(out), mice=["851"], slices_per_shard=64)
     assert resumed.written == [path]
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")[path]["0"][:], expected)
     # the published Seg-CT in the source store is kept unless overwrite
-    refused = segment_store(str(store), mice=["852"])
+    refused = segment_store(str(store), mice=["852"], slices_per_shard=64)
     assert not refused.written and len(refused.skipped) == 2
     assert all("overwrite=True" in reason for _, reason in refused.skipped)
-    replaced = segment_store(str(store), str(out), mice=["852"], margin_um=0.0)
+    replaced = segment_store(str(store), str(out), mice=["852"], margin_um=0.0, slices_per_shard=64)
     assert not replaced.written and "other settings" in replaced.skipped[0][1]
-    replaced = segment_store(str(store), str(out), mice=["852"], margin_um=0.0, overwrite=True)
+    replaced = segment_store(
+        str(store), str(out), mice=["852"], margin_um=0.0, overwrite=True, slices_per_shard=64
+    )
     assert len(replaced.written) == 2
 
 
