@@ -11,6 +11,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -153,6 +154,13 @@ ClusterOpt = Annotated[
 ConcurrencyOpt = Annotated[
     int | None, typer.Option(help="Units (scans, tibiae, mice) in flight at once.", min=1)
 ]
+ConsolidateOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Consolidate the store's metadata at the end (--no-consolidate for tasks side by "
+        "side in one store; then run `bonemet-dask consolidate STORE` once after them)."
+    ),
+]
 ShardOpt = Annotated[
     int | None, typer.Option(help="Slices per shard = per writing task (default: 64 or more).")
 ]
@@ -228,10 +236,26 @@ def plan(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the catalog as JSON.")] = False,
     max_problems: Annotated[int, typer.Option(help="Problems listed in the table.")] = 50,
+    nodes: Annotated[int, typer.Option(help="--profile full: cluster nodes.", min=1)] = 8,
+    cores: Annotated[int, typer.Option(help="--profile full: cores per node.", min=1)] = 32,
+    gpus: Annotated[int, typer.Option(help="--profile full: GPUs per node.", min=0)] = 1,
+    node_memory: Annotated[
+        str | None,
+        typer.Option(help="--profile full: memory per node, e.g. 256GiB (caps tasks per node)."),
+    ] = None,
+    rates: Annotated[
+        Path | None,
+        typer.Option(
+            help="--profile full: throughputs file (default the packaged one).", dir_okay=False
+        ),
+    ] = None,
 ) -> None:
     """Dry run: stacks, totals, problems, and the conversion's shards, objects and core-hours.
 
-    Exits 3 when a stack has an error (it would be quarantined by ``convert``).
+    With ``--profile full``: the published 67.87 TB, conversion and then every stage of ``run``
+    from the raw projections (bytes, objects, tasks, peak task memory, core- and GPU-hours), and
+    the wall time on ``--nodes`` x ``--cores`` (and ``--gpus``).  Exits 3 when a stack has an
+    error (it would be quarantined by ``convert``).
     """
     from bonemet_dask.io.catalog import scan_source
     from bonemet_dask.io.catalog_report import catalog_tables
@@ -241,6 +265,7 @@ def plan(
         if profile != "full":
             raise typer.BadParameter(f"--profile {profile!r} is not 'full'")
         console.print(_plan_table(plan_published(), "Conversion plan: published BoneMet (Table 1)"))
+        _print_chain_plan(nodes, cores, gpus, node_memory, rates)
         return
     if src is None:
         raise typer.BadParameter("give SRC, or --profile full", param_hint="SRC")
@@ -282,10 +307,56 @@ def _plan_table(plans, title: str):
             f"{row.mb_per_object:.1f}",
             f"{row.core_hours:.1f}",
         )
-    table.caption = (
-        "core-hours at the per-core rates of BENCHMARKS.md (config bonemet.convert-rate)"
-    )
+    table.caption = "core-hours at the per-core conversion rates of the packaged stage-rates.yaml"
     return table
+
+
+def _print_chain_plan(
+    nodes: int, cores: int, gpus: int, node_memory: str | None, rates: Path | None
+) -> None:
+    """The chain from raw projections over the published dataset, and its wall time."""
+    from dask.utils import format_bytes, parse_bytes
+    from rich.table import Table
+
+    from bonemet_dask.ops.plan_chain import cluster_time, load_rates, plan_chain, stage_frame
+
+    try:
+        loaded = load_rates(rates)
+        memory = None if node_memory is None else int(parse_bytes(node_memory))
+    except (FileNotFoundError, ValueError) as err:
+        param = "--node-memory" if "rates" not in str(err) and node_memory else "--rates"
+        raise typer.BadParameter(str(err), param_hint=param) from None
+    plans = plan_chain(rates=loaded)
+    time = cluster_time(plans, nodes=nodes, cores=cores, gpus=gpus, node_memory=memory)
+    frame = stage_frame(plans, time)
+    table = Table(title="Run plan: raw projections to metrics, published BoneMet",
+                  title_justify="left")  # fmt: skip
+    columns = ("stage", "units", "read", "written", "objects", "tasks", "peak task",
+               "core-h", "GPU-h", "host core-h", "wall h")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for row in frame.itertuples():
+        units = "" if row.stage == "total" else f"{int(row.units):,} {row.unit}s"
+        table.add_row(
+            str(row.stage), units, _human_bytes(row.bytes_in), _human_bytes(row.bytes_out),
+            f"{int(row.objects):,}", f"{int(row.tasks):,}", format_bytes(int(row.peak_task_bytes)),
+            f"{row.core_hours:,.1f}", f"{row.gpu_hours:,.1f}" if row.gpu_hours else "-",
+            f"{row.host_core_hours:,.1f}" if row.host_core_hours else "-",
+            f"{row.wall_hours:,.2f}",
+        )  # fmt: skip
+    where = f"{nodes} nodes x {cores} cores" + (f" x {gpus} GPU" if gpus else "")
+    table.caption = (
+        f"wall h: each stage alone on {where} ({time.workers_per_node} tasks per node); "
+        f"rates from {loaded.path}"
+    )
+    console.print(table)
+    console.print(
+        f"On {where}: {time.sequential_hours:.1f} h with the stages one after another, "
+        f"{time.overlapped_hours:.1f} h with mice overlapping stages; bound by "
+        f"[bold]{time.bound}[/bold]; storage must move "
+        f"{time.bytes_per_s / 1e9:.2f} GB/s to keep up (the whole run in 24 h: "
+        f"{(frame.bytes_in.iloc[-1] + frame.bytes_out.iloc[-1]) / 86400 / 1e9:.2f} GB/s)."
+    )
 
 
 def _human_bytes(n: float) -> str:
@@ -324,6 +395,7 @@ def convert(
         str, typer.Option(help="'local', 'none' (threads here), 'slurm', 'gpu' or an address.")
     ] = "none",
     report: Annotated[Path | None, typer.Option(help="Also write the report as JSON here.")] = None,
+    consolidate: ConsolidateOpt = True,
 ) -> None:
     """Convert PNG stacks into one sharded OME-Zarr store (resumable: rerun to finish).
 
@@ -349,6 +421,7 @@ def convert(
             level=level,
             slices_per_shard=slices_per_shard,
             progress=update,
+            consolidate=consolidate,
         )
     mb = result.bytes_read / 1e6
     counts = result.counts()
@@ -437,6 +510,7 @@ def _stage_command(stage_class, name: str) -> None:
         inspect.Parameter("overwrite", keyword, default=False, annotation=OverwriteOpt),
         inspect.Parameter("cluster", keyword, default="none", annotation=ClusterOpt),
         inspect.Parameter("concurrency", keyword, default=None, annotation=ConcurrencyOpt),
+        inspect.Parameter("consolidate", keyword, default=True, annotation=ConsolidateOpt),
     ]
 
     def command(**given) -> None:
@@ -445,7 +519,8 @@ def _stage_command(stage_class, name: str) -> None:
         for key, value in stage_class.cli_defaults(store, out).items():
             chosen[key] = value if chosen.get(key) is None else chosen[key]
         _run_stage(lambda: stage_class(**chosen), store, out, given["selection"],
-                   given["overwrite"], given["cluster"], given["concurrency"])  # fmt: skip
+                   given["overwrite"], given["cluster"], given["concurrency"],
+                   given["consolidate"])  # fmt: skip
 
     command.__signature__ = inspect.Signature(parameters)  # what typer reads
     command.__annotations__ = {p.name: p.annotation for p in parameters}
@@ -468,7 +543,9 @@ def _cli_type(hint):
     return hint
 
 
-def _run_stage(make_stage, store, out, selection, overwrite, cluster, concurrency) -> None:
+def _run_stage(
+    make_stage, store, out, selection, overwrite, cluster, concurrency, consolidate=True
+) -> None:
     """What every stage command does: check options, run the stage, print, exit."""
     from bonemet_dask.ops.engine import run_stage
 
@@ -479,7 +556,8 @@ def _run_stage(make_stage, store, out, selection, overwrite, cluster, concurrenc
     label = f"{stage.name}: {stage.writes}"
     with _user_errors(), _client(cluster) as client, _progress(label) as update:
         report = run_stage(stage, store, out, selection=selection, overwrite=overwrite,
-                           client=client, concurrency=concurrency, progress=update)  # fmt: skip
+                           client=client, concurrency=concurrency, progress=update,
+                           consolidate=consolidate)  # fmt: skip
     _print_report(report, stage)
     if report.refused and not any(o.done for o in report.outcomes):
         err_console.print(
@@ -565,6 +643,7 @@ def run_chain(
         str, typer.Option(help="'local' (embedded cluster), 'none', 'slurm', 'gpu' or an address.")
     ] = "local",
     concurrency: Annotated[int | None, typer.Option(help="Mice in flight at once.", min=1)] = None,
+    consolidate: ConsolidateOpt = True,
 ) -> None:
     """The whole chain, mouse by mouse, resumable: the main command.
 
@@ -586,7 +665,7 @@ def run_chain(
         result = run(src, store, selection=selection, start=start, until=until,
                      options=options, backend=backend, overwrite=overwrite,
                      metrics_csv=csv, client=client, concurrency=concurrency,
-                     progress=update)  # fmt: skip
+                     progress=update, consolidate=consolidate)  # fmt: skip
     _print_run(result)
     raise typer.Exit(result.exit_code)
 
@@ -614,6 +693,23 @@ def _print_run(result) -> None:
             err_console.print(f"[yellow]flagged[/yellow] {path}: {flag}")
     if result.csv:
         console.print(f"metrics: {result.csv}")
+
+
+@app.command()
+def consolidate(store: StoreArg) -> None:
+    """Consolidate STORE's metadata into its root (after --no-consolidate tasks in one store).
+
+    Readers that trust consolidated metadata (``xr.open_datatree(STORE, engine="zarr")``)
+    then read the whole tree in one request; the package's own commands never need it.
+    """
+    from bonemet_dask.io.consolidate import consolidate_store
+
+    if "://" not in store and not os.path.isfile(os.path.join(store, "zarr.json")):
+        err_console.print(f"[red]STORE {store!r} is not a Zarr store (no zarr.json)[/red]")
+        raise typer.Exit(EXIT_FAILURE)
+    with _user_errors():
+        nodes = consolidate_store(store)
+    console.print(f"consolidated {nodes:,} groups and arrays into the root of {store}")
 
 
 @app.command()

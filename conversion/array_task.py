@@ -385,7 +385,7 @@ def task_commands(job: Job, index: int, mice: dict[str, list[str]]) -> list[list
         if chosen:
             cmd = [*exe, "convert", job.source, job.store, "--mice", ",".join(chosen), *selectors]
             cmd += _options(job.convert, CONVERT_KEYS, job.path, "convert")
-            cmd += ["--cluster", job.cluster]
+            cmd += ["--cluster", job.cluster, "--no-consolidate"]  # once, after the array
             if job.convert.get("report", True):
                 cmd += ["--report", os.path.join(job.logs, f"convert-{tag}.json")]
             commands.append(cmd)
@@ -398,7 +398,7 @@ def task_commands(job: Job, index: int, mice: dict[str, list[str]]) -> list[list
                 csv = options.get("csv") or os.path.join(job.logs, "roi_metrics.{index:05d}.csv")
                 options["csv"] = str(csv).format(index=index)
             cmd += _options(options, RUN_KEYS, job.path, "run")
-            cmd += ["--cluster", job.cluster]
+            cmd += ["--cluster", job.cluster, "--no-consolidate"]
             commands.append(cmd)
     return commands
 
@@ -434,6 +434,25 @@ def sbatch_line(
             parts.append(f"{option}={value}")
     parts += [script, job.path, *extra]
     return shlex.join(parts)
+
+
+def finish_line(job: Job) -> str:
+    """The ``sbatch`` command of the job that runs once every array task has ended.
+
+    The tasks leave the store without consolidated metadata (``--no-consolidate``: tasks side
+    by side must not race to rewrite the root); this job consolidates it once, whatever the
+    tasks' exit codes (``afterany``).  ``$JOB`` is the array's job id (``sbatch --parsable``).
+    """
+    wrap = shlex.join([*bonemet_dask_command(), "consolidate", job.store])
+    name = f"--job-name=bonemet-{Path(job.path).stem}-finish"
+    log = f"--output={os.path.join(job.logs, '%x-%j.out')}"
+    parts = ["sbatch", "--dependency=afterany:$JOB", name, log, "--time=01:00:00"]
+    if job.resources.get("partition"):
+        parts.append(f"--partition={job.resources['partition']}")
+    if job.resources.get("account"):
+        parts.append(f"--account={job.resources['account']}")
+    return " ".join([*(shlex.quote(p) if "$JOB" not in p else p for p in parts),
+                     "--wrap", shlex.quote(wrap)])  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -511,7 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extra += ["--mice-per-task", str(args.mice_per_task)]
             print(f"# {len(order)} mice, {job.mice_per_task} per task: {n_tasks} array tasks")
             print(shlex.join(["mkdir", "-p", job.logs]))  # SLURM does not create --output's folder
-            print(sbatch_line(job, n_tasks, extra))
+            array = sbatch_line(job, n_tasks, extra).replace("sbatch ", "sbatch --parsable ", 1)
+            print(f"JOB=$({array})")
+            print(finish_line(job))
             return EXIT_OK
         index = _index(args.index)
         if args.dry_run:

@@ -148,6 +148,11 @@ def test_print_sbatch_and_list_mice(run_job):
     assert done.returncode == 0, done.stderr
     assert "--array=0-1%20" in done.stdout  # 3 mice, 2 per task
     assert "conversion/bonemet-array.sbatch" in done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[-2].startswith("JOB=$(sbatch --parsable --array=0-1%20 ")
+    # the finishing job consolidates the store once, whatever the tasks' exit codes
+    assert lines[-1].startswith("sbatch --dependency=afterany:$JOB ")
+    assert "consolidate" in lines[-1] and str(run_job.parent / "chain.zarr") in lines[-1]
     listed = _driver(str(run_job), "--list-mice")
     assert listed.stdout.split() == list(MICE)
 
@@ -167,6 +172,27 @@ def test_array_tasks_process_only_their_mice(ran):
     assert all(attrs["status"] == "complete" for attrs in after_1.values())
     # task 1 added mouse 853 and left the groups of task 0 as they were
     assert {p: a for p, a in after_1.items() if p in after_0} == after_0
+
+
+def test_tasks_leave_consolidating_to_the_finishing_job(ran):
+    """Tasks side by side do not rewrite the root; ``bonemet-dask consolidate`` does it once."""
+    import xarray as xr
+
+    store, (_, after_1) = ran
+    root_doc = json.loads((store / "zarr.json").read_text())
+    assert root_doc.get("consolidated_metadata") is None
+    exe = Path(sys.executable).parent / "bonemet-dask"
+    done = subprocess.run([str(exe), "consolidate", str(store)], capture_output=True, text=True,
+                          check=False, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listed = json.loads((store / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    assert set(after_1) <= set(listed)
+    tree = xr.open_datatree(store, engine="zarr")  # no warning: pytest errors on warnings
+    assert {f"/{p}" for p in after_1} <= set(tree.groups)
+    missing = subprocess.run([str(exe), "consolidate", str(store.parent / "none.zarr")],
+                             capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    assert missing.returncode != 0 and "none.zarr" in missing.stdout + missing.stderr
+    assert not (store.parent / "none.zarr").exists()
 
 
 def test_rerun_writes_only_the_missing_group(ran, run_job):
@@ -276,7 +302,7 @@ def test_shipped_yamls_use_only_real_cli_options(name, monkeypatch):
     cli = typer.main.get_command(app)
     for command in driver.task_commands(job, 0, {"convert": ["851"], "run": ["851"]}):
         sub = command[len(driver.bonemet_dask_command())]
-        known = {o for p in cli.commands[sub].params for o in p.opts}
+        known = {o for p in cli.commands[sub].params for o in (*p.opts, *p.secondary_opts)}
         options = {w for w in command if w.startswith("--")}
         assert options <= known, options - known
     assert set(driver.RESOURCE_KEYS) >= set(job.resources)

@@ -180,13 +180,15 @@ def consolidating(
     storage_options : mapping, optional
         fsspec options for a URL.
     enabled : bool, optional
-        False: do nothing (the caller consolidates once after several commands, as ``run``
-        does for its per-mouse ``convert`` and stage calls).
+        False: drop the consolidated metadata (a stale copy must not hide what this block
+        writes) but leave consolidating to the caller, who does it once after several
+        commands: ``run`` for its per-mouse ``convert`` and stage calls, ``bonemet-dask
+        consolidate STORE`` after the tasks of a job array.
     """
+    drop_consolidated(store, storage_options)
     if not enabled:
         yield
         return
-    drop_consolidated(store, storage_options)
     try:
         yield
     except Exception:

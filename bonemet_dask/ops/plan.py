@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bonemet_dask import config
 from bonemet_dask.io.store import ImageLayout
 
 if TYPE_CHECKING:
@@ -53,9 +52,10 @@ def _kind(component: str) -> str:
 
 
 def _rate(kind: str) -> float:
-    """PNG bytes converted per core-second (config ``bonemet.convert-rate``, from BENCHMARKS.md)."""
-    mb_per_s = config.get(f"convert-rate.{kind}")
-    return float(mb_per_s) * 1e6
+    """PNG bytes converted per core-second (the packaged ``stage-rates.yaml``, BENCHMARKS.md)."""
+    from bonemet_dask.ops.plan_chain import load_rates
+
+    return load_rates().convert_mb_per_core_s[kind] * 1e6
 
 
 def _scan_plan(kind: str, shape: tuple[int, int, int], dtype: str) -> tuple[int, int]:

@@ -149,6 +149,7 @@ def run(
     storage_options: dict | None = None,
     source_storage_options: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    consolidate: bool = True,
 ) -> RunReport:
     """Run the chain from a BoneMet tree to RoI metrics, mouse by mouse, resumably.
 
@@ -189,6 +190,9 @@ def run(
         fsspec options of the store and of the source.
     progress : callable, optional
         ``progress(stage, done, total)`` whenever a mouse finishes a stage.
+    consolidate : bool
+        Consolidate the store's metadata when the run ends (False: only drop the old
+        consolidation, for runs side by side in one store; consolidate once after them).
 
     Returns
     -------
@@ -267,7 +271,7 @@ def run(
                 progress(name, count, len(plan))
 
     # the consolidated metadata: dropped now, written once after every mouse (failed ones too)
-    with consolidating(store, storage_options):
+    with consolidating(store, storage_options, enabled=consolidate):
         if "convert" in chain and catalog.records_path:  # the records once, not once per mouse
             write_source_records(root, catalog)
         if progress:

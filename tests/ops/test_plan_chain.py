@@ -1,0 +1,121 @@
+"""``plan --profile full`` for every stage: the chain's arithmetic against the real graphs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bonemet_dask.cli import app
+from bonemet_dask.ops.plan_chain import (
+    RATES_FILE,
+    ScanSizes,
+    cluster_time,
+    load_rates,
+    plan_chain,
+    reconstruction_graph,
+    stage_frame,
+    work_units,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+WIDE = {"COLUMNS": "250"}
+
+
+def test_reconstruction_tasks_are_the_ones_run_submits(tiny_published, tmp_path):
+    from bonemet_dask.ops.reconstruct_store import reconstruct_store
+
+    report = reconstruct_store(
+        str(tiny_published / "published.zarr"), str(tmp_path / "recon.zarr"), weeks=[0]
+    )
+    assert len(report.written) == 1
+    tasks, largest = reconstruction_graph(ScanSizes.synthetic("tiny"))
+    assert tasks == report.max_graph_tasks
+    assert largest > 0
+
+
+def test_full_size_reconstruction_graph_fits_the_memory_budget():
+    tasks, largest = reconstruction_graph(ScanSizes.published())
+    # 42 slabs of 64 slices, 10 angle blocks of 26, 84 row bands of 32: thousands, not millions
+    assert 1_000 < tasks < 10_000
+    assert largest < 4 * 2**30  # bonemet.memory-budget: 4 GiB a worker
+    updates = work_units("reconstruct", ScanSizes.published())["updates"]
+    assert updates == pytest.approx(4.39e12, rel=0.01)  # BENCHMARKS.md: one full scan
+
+
+def test_stages_read_what_the_stage_before_wrote():
+    plans = {p.stage: p for p in plan_chain()}
+    assert list(plans) == ["convert", "reconstruct", "segment", "register", "composite"]
+    assert plans["reconstruct"].bytes_in == plans["convert"].bytes_out
+    assert plans["segment"].bytes_in == plans["reconstruct"].bytes_out
+    assert plans["register"].bytes_in == plans["segment"].bytes_out
+    assert plans["composite"].bytes_in == pytest.approx(2 * plans["register"].bytes_out)
+    assert plans["convert"].bytes_in == pytest.approx(20.93e12)  # the published projections
+    assert plans["register"].units == 2 * plans["reconstruct"].units == 10_210
+    # stage outputs keep the object budget of DESIGN.md: one object per 64 MB of source at most
+    # over the whole chain (their shards hold about 256 MiB decoded, not 64 slices)
+    total = sum(p.objects for p in plans.values())
+    assert 20.93e12 / total > 20e6
+
+
+def test_cluster_time_scales_and_names_the_bound():
+    plans = plan_chain()
+    cpu = cluster_time(plans, nodes=8, cores=32)
+    assert cpu.bound == "reconstruct"
+    assert cpu.overlapped_hours == pytest.approx(sum(p.core_hours for p in plans) / 256)
+    twice = cluster_time(plans, nodes=16, cores=32)
+    assert twice.overlapped_hours == pytest.approx(cpu.overlapped_hours / 2)
+    gpu = cluster_time(plans, nodes=8, cores=32, gpus=1)
+    recon = next(p for p in plans if p.stage == "reconstruct")
+    assert gpu.stage_hours["reconstruct"] == pytest.approx(
+        max(recon.gpu_hours / 8, recon.host_core_hours / 256)
+    )
+    host = sum(p.host_core_hours if p.gpu_hours else p.core_hours for p in plans) / 256
+    assert gpu.overlapped_hours == pytest.approx(max(host, recon.gpu_hours / 8))
+    assert gpu.overlapped_hours < cpu.overlapped_hours / 4  # the backprojection moved off
+    # a node that holds only 4 of the largest tasks runs 4 at a time, whatever its cores
+    largest = max(p.peak_task_bytes for p in plans)
+    small = cluster_time(plans, nodes=8, cores=32, node_memory=4 * largest + 1)
+    assert small.workers_per_node == 4
+    assert small.overlapped_hours == pytest.approx(cpu.overlapped_hours * 8)
+    with pytest.raises(ValueError, match="nodes=0"):
+        cluster_time(plans, nodes=0, cores=32)
+    frame = stage_frame(plans, gpu)
+    assert frame["stage"].iloc[-1] == "total"
+    assert frame["core_hours"].iloc[-1] == pytest.approx(sum(p.core_hours for p in plans))
+
+
+def test_rates_file_errors_name_the_key_and_the_file(tmp_path):
+    raw = yaml.safe_load(Path(RATES_FILE).read_text())
+    raw["cpu"]["segment_core_s_per_mvox"] = -1
+    bad = tmp_path / "rates.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"cpu\.segment_core_s_per_mvox=-1"):
+        load_rates(bad)
+    with pytest.raises(FileNotFoundError, match=r"bench_stages\.py"):
+        load_rates(tmp_path / "none.yaml")
+    result = CliRunner().invoke(app, ["plan", "--profile", "full", "--rates", str(bad)], env=WIDE)
+    assert result.exit_code == 2 and "segment_core_s_per_mvox" in result.output
+
+
+def test_packaged_rates_are_the_benchmarks_measurement():
+    packaged = load_rates()
+    measured = load_rates(REPO / "benchmarks" / "results" / "stage-rates.yaml")
+    assert packaged.cpu == measured.cpu
+    assert "bench_stages.py" in packaged.measured["cpu"]
+    half = load_rates()
+    assert all(v > 0 and math.isfinite(v) for v in half.cpu.values())
+
+
+def test_cli_prints_the_chain_and_the_answer():
+    args = ["plan", "--profile", "full", "--nodes", "8", "--cores", "32", "--gpus", "0"]
+    result = CliRunner().invoke(app, args, env=WIDE)
+    assert result.exit_code == 0, result.output
+    for stage in ("convert", "reconstruct", "segment", "register", "composite"):
+        assert stage in result.output
+    assert "bound by reconstruct" in result.output and "GB/s" in result.output
+    memory = CliRunner().invoke(app, [*args, "--node-memory", "lots"], env=WIDE)
+    assert memory.exit_code == 2 and "lots" in memory.output
