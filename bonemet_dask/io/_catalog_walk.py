@@ -73,7 +73,9 @@ class Walk:
             self.root_path == "/" or path.startswith(self.root_path + "/")
         )
 
-    def stacks(self, *, read_headers: bool, max_pixels: int) -> tuple[Stack, ...]:
+    def stacks(
+        self, *, read_headers: bool, max_pixels: int, mice: frozenset[str] | None = None
+    ) -> tuple[Stack, ...]:
         pending: list[_Pending] = []
         broken: dict[str, int] = {}  # topmost folder that breaks the layout -> files skipped
         found_component = False
@@ -109,6 +111,8 @@ class Walk:
                     "pass the folder that holds 'Imagery_Dataset'",
                 )
             )
+        if mice is not None:  # before any file is opened: other mice cost only their listing
+            pending = [p for p in pending if _mouse_of(p[2]) in mice]
         headers = self._read_headers(pending) if read_headers else {}
         logs = self._read_logs(pending)
         built = [
@@ -188,6 +192,14 @@ def _broken_level(after: list[str]) -> int | None:
         if fits is None:
             return 2
     return 3 if len(after) >= 3 else None
+
+
+def _mouse_of(scan_name: str) -> str | None:
+    """The selection key of a scan folder's mouse (:func:`~bonemet_dask.selection.mouse_key`)."""
+    from bonemet_dask.selection import mouse_key
+
+    scan = parse_scan_folder(scan_name)
+    return None if scan is None else mouse_key(scan.mouse)
 
 
 def _build_stack(

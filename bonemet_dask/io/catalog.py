@@ -416,6 +416,7 @@ def scan_source(
     storage_options: dict[str, Any] | None = None,
     read_headers: bool = True,
     max_pixels: int = 2**31,
+    mice: Any = None,
 ) -> Catalog:
     """Find and check every image stack of a BoneMet tree.
 
@@ -430,6 +431,11 @@ def scan_source(
         Read the 33-byte PNG header of every slice (one batched fetch) and check shapes and formats.
     max_pixels : int, default 2**31
         A slice whose header claims more pixels is reported as ``pixel-limit`` (never decoded).
+    mice : optional
+        Only these animals' stacks (a :class:`~bonemet_dask.selection.Selection` ``mice``
+        rule: ``"851-860"``, ``[851, 852]``...): the tree is listed whole, but only their
+        headers and ``.log`` files are read, and only their stacks are in the catalog.  What a
+        job-array task of a few mice needs from a tree of a thousand.
 
     Returns
     -------
@@ -469,5 +475,11 @@ def scan_source(
     from bonemet_dask.io._catalog_walk import Walk  # the walk imports this module's data model
 
     walk = Walk(fs, root_path, listing)
-    stacks = walk.stacks(read_headers=read_headers, max_pixels=max_pixels)
+    chosen = None
+    if mice is not None:
+        from bonemet_dask.selection import Selection
+
+        keys = Selection.of(None, mice=mice).mice
+        chosen = None if keys is None else frozenset(keys)
+    stacks = walk.stacks(read_headers=read_headers, max_pixels=max_pixels, mice=chosen)
     return Catalog(root_str, stacks, tuple(walk.problems), walk.records_path, root_path, fs)

@@ -208,14 +208,16 @@ def selected_catalog(
         When ``require_match`` and the selection matches no stack; the message lists what the
         source holds.
     """
+    chosen = Selection.of(selection, **selectors)
     full = (
         source
         if isinstance(source, Catalog)
-        else scan_source(source, storage_options=storage_options)
+        else scan_source(source, storage_options=storage_options, mice=chosen.mice)
     )
-    chosen = Selection.of(selection, **selectors)
     selected = full.select(chosen)
     if require_match and not selected.stacks:
+        if chosen.mice is not None and not isinstance(source, Catalog):  # list what there is
+            full = scan_source(source, storage_options=storage_options, read_headers=False)
         of_components = [s for s in full.stacks if chosen.matches(component=s.component)]
         what = "image stacks" if chosen.components is None else ", ".join(chosen.components)
         chosen.require(0, [(s.mouse, s.side, s.week) for s in of_components or full.stacks],

@@ -214,8 +214,11 @@ def run(
     catalog = (
         source
         if isinstance(source, Catalog)
-        else scan_source(source, storage_options=source_storage_options)
+        else scan_source(source, storage_options=source_storage_options, mice=selection.mice)
     )
+    if not catalog.stacks and selection.mice is not None and not isinstance(source, Catalog):
+        # nothing of those mice: list the tree (names only) so the error says what it holds
+        catalog = scan_source(source, storage_options=source_storage_options, read_headers=False)
     plan = plan_run(catalog, selection, start=start)
     per_mouse = _split_by_mouse(catalog)
     stages = _stages(chain, options, backend)

@@ -307,6 +307,26 @@ def test_select(tmp_path):
         cat.select(mice=[True])
 
 
+def test_a_few_mice_read_only_their_files(tmp_path, monkeypatch):
+    """A job-array task of a few mice lists the tree but opens only its mice's files."""
+    root = build_tree(tmp_path)
+    whole = scan_source(root)
+    opened: list[str] = []
+    real_open = fsspec.implementations.local.LocalFileSystem._open
+
+    def counting_open(self, path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "_open", counting_open)
+    some = scan_source(root, mice="852")
+    assert {s.mouse for s in some} == {"852"}
+    assert [s.key for s in some] == [s.key for s in whole if s.mouse == "852"]
+    assert [s.files for s in some] == [s.files for s in whole if s.mouse == "852"]
+    assert opened and all("852" in os.path.relpath(p, root) for p in opened)
+    assert scan_source(root, mice="999").stacks == ()
+
+
 def test_headers_can_be_skipped_and_pixel_limit_is_configurable(tmp_path):
     root = build_tree(tmp_path)
     fast = scan_source(root, read_headers=False)
