@@ -3,12 +3,20 @@
 Numeric columns are int64/float64, ISO dates datetime64[ns] (with the text format kept so the
 strings come back), other text variable-length UTF-8 with a ``<name>.isna`` mask, so that
 :func:`read_records` returns exactly the DataFrame given to :func:`write_records`.
+
+Mouse ids are strings everywhere: the store's groups and ``mouse`` coords (``"851"``, the
+folder names), :func:`bonemet_dask.stack`, the metrics tables and the records.
+:func:`read_records_csv` reads ``record.csv`` with its animal id column as text (stripped, leading
+zeros kept), so ``/medirec``'s ``Animal ID`` compares equal to ``stack(...).mouse`` and a
+``reindex`` or ``merge`` on it matches.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -19,12 +27,76 @@ from bonemet_dask.naming import sanitize_segment
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["RECORDS_GROUP", "read_records", "write_records"]
+__all__ = [
+    "ANIMAL_ID_NAMES",
+    "RECORDS_GROUP",
+    "animal_id_column",
+    "find_column",
+    "read_records",
+    "read_records_csv",
+    "write_records",
+]
 
 logger = logging.getLogger(__name__)
 
 RECORDS_GROUP: Final = "medirec"
 """Path of the records group at the root of a store."""
+ANIMAL_ID_NAMES: Final = ("animalid", "mouseid", "mouse", "animal", "id")
+"""Names of the animal id column, lower case without spaces or punctuation, in order of
+preference (MiceMediRec's is ``Animal ID``)."""
+
+
+def find_column(columns: Iterable[object], names: Iterable[str]) -> str | None:
+    """The first of ``columns`` whose name, lower-cased without punctuation, is in ``names``.
+
+    Parameters
+    ----------
+    columns : iterable
+        Column labels, e.g. ``DataFrame.columns``.
+    names : iterable of str
+        Normalised names (``"animalid"`` matches ``Animal ID`` and ``animal_id``), by preference.
+
+    Returns
+    -------
+    str or None
+        The column label as given, or None when none matches.
+    """
+    normal = {re.sub(r"[^a-z0-9]", "", str(c).lower()): c for c in columns}
+    for name in names:
+        if name in normal:
+            return normal[name]
+    return None
+
+
+def animal_id_column(columns: Iterable[object]) -> str | None:
+    """The animal id column among ``columns`` (:data:`ANIMAL_ID_NAMES`), or None."""
+    return find_column(columns, ANIMAL_ID_NAMES)
+
+
+def read_records_csv(data: bytes | Any) -> pd.DataFrame:
+    """A MiceMediRec ``record.csv`` as a DataFrame, the animal id column as text.
+
+    Parameters
+    ----------
+    data : bytes or binary file object
+        The CSV's content or an open handle (read whole: the published table is 9.4 MB).
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`pandas.read_csv` reads it, except the animal id column
+        (:func:`animal_id_column`), which holds stripped strings (missing ids stay missing):
+        mouse ids are strings everywhere in bonemet-dask, as the store's folder names are.
+    """
+    import pandas as pd
+
+    raw = data if isinstance(data, bytes | bytearray) else data.read()
+    header = pd.read_csv(io.BytesIO(raw), nrows=0).columns
+    column = animal_id_column(header)
+    table = pd.read_csv(io.BytesIO(raw), dtype={column: str} if column is not None else None)
+    if column is not None:
+        table[column] = table[column].str.strip().astype(object)
+    return table
 
 
 _DATE_FORMATS: Final = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from bonemet_dask._backend import meta_like
+from bonemet_dask.io.records import animal_id_column, find_column
 from bonemet_dask.kernels.metrics import SLICE_METRICS, slice_metrics
 from bonemet_dask.naming import SIDES
 from bonemet_dask.ops.composite import _as_dataarray, voxel_size_um
@@ -241,14 +241,6 @@ def sort_scan_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table.iloc[order].reset_index(drop=True)
 
 
-def _find_column(columns: Iterable[str], patterns: tuple[str, ...]) -> str | None:
-    normal = {re.sub(r"[^a-z0-9]", "", str(c).lower()): c for c in columns}
-    for pattern in patterns:
-        if pattern in normal:
-            return normal[pattern]
-    return None
-
-
 def join_records(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """Left-join MiceMediRec records onto a metrics table by mouse and week.
 
@@ -258,7 +250,8 @@ def join_records(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
         :func:`metrics_table` output.
     records : pandas.DataFrame
         The records (``bonemet_dask.io.records.read_records``); the animal id column is found
-        by name (``Animal ID``, ``Mouse ID``, ``mouse``, ``id``...), the week column likewise
+        by name (:func:`~bonemet_dask.io.records.animal_id_column`: ``Animal ID``...), compared
+        as stripped text (mouse ids are strings everywhere), the week column likewise
         (``Week``, ``Time point``); without a week column the join is by mouse only.
 
     Returns
@@ -273,13 +266,13 @@ def join_records(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     ValueError
         If no animal id column is found; the message lists the record columns.
     """
-    mouse_col = _find_column(records.columns, ("animalid", "mouseid", "mouse", "animal", "id"))
+    mouse_col = animal_id_column(records.columns)
     if mouse_col is None:
         raise ValueError(
             f"records have no animal id column among {list(records.columns)}; rename it to "
             "'Animal ID' (MiceMediRec's name)"
         )
-    week_col = _find_column(records.columns, ("week", "weeks", "timepoint", "timepointweek"))
+    week_col = find_column(records.columns, ("week", "weeks", "timepoint", "timepointweek"))
     right = records.copy()
     right["mouse"] = right[mouse_col].astype(str).str.strip()
     keys = ["mouse"]
@@ -291,7 +284,7 @@ def join_records(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     left = table.copy()
     left["week"] = pd_to_int(left["week"])
     joined = left.merge(right, on=keys, how="left", validate="many_to_one")
-    limb = _find_column(records.columns, ("injectedlimb", "injectedside", "injection", "limb"))
+    limb = find_column(records.columns, ("injectedlimb", "injectedside", "injection", "limb"))
     if limb is not None and "side" in joined.columns:
         limb = clash.get(limb, limb)
         injected = joined[limb].astype("string").str.strip().str.lower()

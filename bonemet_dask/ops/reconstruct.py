@@ -189,7 +189,7 @@ def slab_slices_for(grid: VolumeGrid, geometry: ConeGeometry, angle_block: int) 
 
 
 def reconstruct(
-    projections: xr.DataArray,
+    projections: xr.DataArray | xr.Dataset | xr.DataTree,
     geometry: ConeGeometry | ParallelGeometry | None = None,
     *,
     filter: str = "hamming",
@@ -205,9 +205,13 @@ def reconstruct(
 
     Parameters
     ----------
-    projections : xarray.DataArray
+    projections : xarray.DataArray, xarray.Dataset or xarray.DataTree
         ``(angle, row, col)``: raw intensities (bright air), or line integrals when
         ``attrs["kind"] == "line_integral"``.  Any chunking: it is read as it is, never rechunked.
+        What :func:`bonemet_dask.open_store` gives for a ``rotation_xray`` scan works as it is:
+        the node (``tree["rotation_xray/851/both/week0"]``), its Dataset, or its ``image``
+        (which carries the group's attributes, ``.log`` included, as ``attrs["bonemet"]``); a
+        Dataset's or node's own attributes stand in when its ``image`` has none.
     geometry : ConeGeometry or ParallelGeometry, optional
         The scan; default read from the projections' ``.log`` (``attrs["bonemet"]``).  A
         :class:`~bonemet_dask.geometry.ParallelGeometry` runs slice-by-slice parallel FBP.
@@ -241,6 +245,7 @@ def reconstruct(
     """
     if filter not in WINDOWS:
         raise ValueError(f"filter={filter!r} is not one of {', '.join(map(repr, WINDOWS))}")
+    projections = _as_projections(projections)
     if backend not in _backend.BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(_backend.BACKENDS)}")
     if projections.dims != ("angle", "row", "col"):
@@ -355,6 +360,30 @@ def _reconstruct_parallel(
     result = _labelled(volume, grid, None, projections.attrs, filter=filter, short_scan=False)
     result.attrs["bonemet"]["provenance"]["algorithm"] = "parallel-beam FBP"
     return result
+
+
+def _as_projections(projections: xr.DataArray | xr.Dataset | xr.DataTree) -> xr.DataArray:
+    """The ``image`` of a scan node or Dataset, with the node's attributes as ``bonemet``."""
+    if isinstance(projections, xr.DataTree):
+        projections = projections.to_dataset()
+    if isinstance(projections, xr.Dataset):
+        if "image" not in projections.data_vars:
+            raise ValueError(
+                f"projections is a Dataset without an 'image' variable (it holds "
+                f"{sorted(map(str, projections.data_vars))}); pass a rotation_xray scan of "
+                "bonemet_dask.open_store"
+            )
+        image = projections["image"]
+        if "bonemet" not in image.attrs and projections.attrs:
+            image = image.assign_attrs(bonemet=dict(projections.attrs))
+        return image
+    if not isinstance(projections, xr.DataArray):
+        raise TypeError(
+            f"projections must be an xarray DataArray, Dataset or DataTree node, got "
+            f"{type(projections).__name__}; wrap a numpy/dask array in xr.DataArray(data, "
+            "dims=('angle', 'row', 'col')) and pass geometry="
+        )
+    return projections
 
 
 def geometry_from_attrs(attrs: dict[str, Any]) -> ConeGeometry:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import dask.array as da
 import numpy as np
@@ -22,6 +22,9 @@ from bonemet_dask._backend import meta_like
 from bonemet_dask.config import memory_budget_bytes
 from bonemet_dask.kernels.resample import affine_block, input_box
 from bonemet_dask.transform import RigidTransform
+
+if TYPE_CHECKING:
+    from bonemet_dask.ops.register import RegistrationResult
 
 __all__ = [
     "REGIST_SHAPE",
@@ -215,9 +218,9 @@ def origin_um(volume: xr.DataArray) -> tuple[float, float, float]:
 
 def resample(
     volume: xr.DataArray,
-    transform: RigidTransform,
+    transform: RigidTransform | RegistrationResult,
     *,
-    shape: Sequence[int] = REGIST_SHAPE,
+    shape: Sequence[int] | None = None,
     spacing: float | Sequence[float] | None = None,
     order: int = 1,
     chunks: Sequence[int] | None = None,
@@ -233,12 +236,15 @@ def resample(
     volume : xarray.DataArray
         ``(slice, y, x)`` input, e.g. a ``seg_ct`` image from :func:`bonemet_dask.open_store`;
         its voxel size comes from :func:`voxel_size_um`.
-    transform : RigidTransform
-        Output (fixed) micrometres to input (moving) micrometres, e.g. ``register(...).transform``.
-    shape : sequence of 3 int
-        Output grid; default the published Regist-CT grid ``(1538, 539, 509)``.
+    transform : RigidTransform or RegistrationResult
+        Output (fixed) micrometres to input (moving) micrometres.  A :func:`register` result
+        gives its transform and the output grid it was found for (its ``shape`` and
+        ``spacing_um``): ``resample(moving, register(moving))``.
+    shape : sequence of 3 int, optional
+        Output grid; default the registration result's, else the published Regist-CT grid
+        ``(1538, 539, 509)``.
     spacing : float or sequence of 3 float, optional
-        Output voxel size, micrometres (default the input's).
+        Output voxel size, micrometres; default the registration result's, else the input's.
     order : int
         Interpolation: 0 nearest, 1 trilinear (default), 2-5 spline.
     chunks : sequence of int, optional
@@ -253,11 +259,19 @@ def resample(
         (micrometres); attrs ``voxel_size_um`` and ``transform`` (:meth:`RigidTransform.to_dict`).
         Scalar coords (``mouse``, ``side``, ``week``) are kept.
     """
+    from bonemet_dask.ops.register import RegistrationResult
+
+    if isinstance(transform, RegistrationResult):
+        shape = transform.shape if shape is None else shape
+        spacing = transform.spacing_um if spacing is None else spacing
+        transform = transform.transform
     if not isinstance(transform, RigidTransform):
         raise TypeError(
-            f"transform must be a RigidTransform, got {type(transform).__name__}; build one with "
-            "bm.RigidTransform.from_matrix(...) or take register(...).transform"
+            f"transform must be a RigidTransform or a RegistrationResult, got "
+            f"{type(transform).__name__}; build one with bm.RigidTransform.from_matrix(...) or "
+            "pass what register(...) returns"
         )
+    shape = REGIST_SHAPE if shape is None else shape
     if tuple(volume.dims) != ("slice", "y", "x"):
         raise ValueError(f"volume.dims={volume.dims} must be ('slice', 'y', 'x')")
     in_spacing = voxel_size_um(volume)
