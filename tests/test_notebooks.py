@@ -1,0 +1,103 @@
+"""The example notebooks run on the tiny synthetic dataset, and are committed without outputs.
+
+Each notebook is executed with nbclient in a kernel of this interpreter (the venv); its
+``tempfile.mkdtemp`` work folder lands in ``tmp_path`` (``TMPDIR``), so the test reads the store
+and metrics CSV the notebook wrote and checks them against what the notebook showed.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NOTEBOOKS = ("quickstart.ipynb", "longitudinal.ipynb")
+
+
+def execute(name: str, tmp_path: Path, monkeypatch) -> dict:
+    """Run ``examples/<name>`` in a kernel of this Python; return the executed notebook."""
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
+
+    # a kernel of this interpreter (the venv), whatever kernels the machine has registered
+    kernels = tmp_path / "jupyter" / "kernels" / "bonemet-test"
+    kernels.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec = {"argv": argv, "display_name": "bonemet-dask test", "language": "python"}
+    (kernels / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's tempfile.mkdtemp work folder
+    notebook = nbformat.read(EXAMPLES / name, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=180,
+        kernel_name="bonemet-test",
+        resources={"metadata": {"path": tmp_path}},
+    )
+    client.execute()
+    return notebook
+
+
+def outputs(notebook, kind: str) -> list:
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output["output_type"] == "stream" and kind == "stdout" == output["name"]:
+                found.append(output["text"])
+            data = output.get("data", {})
+            if kind in data:
+                found.append(data[kind])
+    return found
+
+
+def written(tmp_path: Path, prefix: str):
+    """The store and metrics table the notebook wrote, and the RoI scans in the store."""
+    import pandas as pd
+    import zarr
+
+    (work,) = tmp_path.glob(f"{prefix}*")
+    table = pd.read_csv(work / "roi_metrics.csv", dtype={"mouse": str})
+    root = zarr.open_group(str(work / "bonemet.zarr"), mode="r")
+    scans = {
+        (mouse, side, int(week.removeprefix("week")))
+        for mouse, g in root["roi_ct"].groups()
+        for side, s in g.groups()
+        for week, _ in s.groups()
+    }
+    return table, scans
+
+
+@pytest.mark.slow
+def test_quickstart_runs(tmp_path, monkeypatch):
+    notebook = execute("quickstart.ipynb", tmp_path, monkeypatch)
+    stdout = "".join(outputs(notebook, "stdout"))
+    assert "Dask dashboard: http://127.0.0.1:" in stdout
+    assert len(outputs(notebook, "image/png")) == 1  # slice, mask and composite
+    table, scans = written(tmp_path, "bonemet-quickstart-")
+    # the metrics table has a row for every RoI scan of the store (1 mouse, 2 tibiae, 2 weeks)
+    assert set(zip(table["mouse"], table["side"], table["week"], strict=True)) == scans
+    assert len(scans) == 4 and table["Animal ID"].notna().all()  # joined with MiceMediRec
+    shown = outputs(notebook, "text/html")[-1]  # the metrics table the notebook shows last
+    assert shown.count("<tr") == len(table) + 1 and "bone_volume_mm3" in shown
+
+
+@pytest.mark.slow
+def test_longitudinal_runs(tmp_path, monkeypatch):
+    notebook = execute("longitudinal.ipynb", tmp_path, monkeypatch)
+    assert len(outputs(notebook, "image/png")) == 2  # weeks side by side; metrics by week
+    table, scans = written(tmp_path, "bonemet-longitudinal-")
+    assert set(zip(table["mouse"], table["side"], table["week"], strict=True)) == scans
+    assert set(table["mouse"]) == {"851", "852"} and set(table["week"]) == {0, 1, 2}
+    # injected tibiae and controls both present, from the MiceMediRec join
+    assert set(table["injected_side"]) == {True, False}
+    assert "(str, as in MiceMediRec)" in "".join(outputs(notebook, "stdout"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebooks_have_no_outputs(name):
+    notebook = json.loads((EXAMPLES / name).read_text())
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, cell["source"][:60]
