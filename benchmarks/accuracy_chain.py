@@ -33,6 +33,7 @@ import numpy as np
 import zarr
 
 import bonemet_dask as bm
+from bonemet_dask.io.labels import mask_array
 from bonemet_dask.synth import THRESHOLD, TRUTH_FILE, SynthConfig, generate
 from bonemet_dask.synth.anatomy import MU_SOFT, hindlimb_phantom, pose_matrix
 from bonemet_dask.synth.config import WINDOW_MAX_PER_MM
@@ -123,7 +124,7 @@ def measure(root: Path, config: SynthConfig, stores: dict[str, Path]) -> list[di
                 for name, root_group in groups.items():
                     seg = root_group.get(f"seg_ct/{mouse}/{side}/week{week}")
                     if seg is not None:
-                        mask = seg["mask"][:].astype(bool)
+                        mask = mask_array(seg)[:].astype(bool)
                         box = seg.attrs["bonemet"]["crop_box"]
                         row[f"bone_{name}"] = float(mask.sum() * h_mm**3)
                         below = round(JOINT_MM / h_mm)

@@ -460,6 +460,8 @@ def compare_stores(ref_store: str, other_store: str) -> list[dict]:
     """
     import zarr
 
+    from bonemet_dask.io.labels import mask_array
+
     ref, other = zarr.open_group(ref_store, mode="r"), zarr.open_group(other_store, mode="r")
     rows: list[dict] = []
 
@@ -494,7 +496,7 @@ def compare_stores(ref_store: str, other_store: str) -> list[dict]:
         rows.append(run_check("seg crop box max shift", float(shift), scan=path))
         mouse, _, week = path.split("/")
         frame = shapes.get(f"{mouse}/both/{week}")
-        ma, mb = np.asarray(a["mask"][...]) > 0, np.asarray(b["mask"][...]) > 0
+        ma, mb = np.asarray(mask_array(a)[...]) > 0, np.asarray(mask_array(b)[...]) > 0
         if frame is not None:  # both masks in the reconstruction's frame
             placed = []
             for mask, box in ((ma, box_a), (mb, box_b)):

@@ -22,6 +22,7 @@ import zarr
 from rich.console import Console
 from rich.table import Table
 
+from bonemet_dask.io.labels import mask_array
 from bonemet_dask.preview import preview
 
 Progress = Callable[[str], contextlib.AbstractContextManager[Callable[[int, int], None]]]
@@ -164,7 +165,7 @@ def _segmentation(store: Path, published: Path, truth, report, console: Console)
         _, mouse, side, week = path.split("/")
         group = ours_root[path]
         box = group.attrs["bonemet"]["crop_box"]
-        ours = group["mask"][:].astype(bool)
+        ours = mask_array(group)[:].astype(bool)
         published_mask = published_root[path]["0"][:] >= 75
         week_truth = truth["mice"][mouse]["weeks"][week.removeprefix("week")]
         published_lo = week_truth["seg_box"][side]["lo"]

@@ -3,7 +3,8 @@
 A unit is one tibia with all its registered weeks.  The tibia-fibula junction is found once, on
 week 0; for each selected week k (week 0 included) the composite of week 0 against week k is
 cropped to the RoI (fibula removed) and written to ``roi_ct/{mouse}/{side}/week{k}`` as image
-``0``, beside the registered greyscale RoI of week k (array ``greyscale``, fibula kept).  Week 0
+``0``, beside the registered greyscale RoI of week k (array ``greyscale``, fibula kept) and a
+copy of the composite as the OME-Zarr label image ``labels/composite`` (colours per code).  Week 0
 against itself holds only 180 and 0: it is written, as the published RoI-CT has week-0
 folders, and gives the baseline row of the metrics (formed and resorbed 0).  Per-scan metrics
 are computed in the same graph as the writes, stored in the group's ``bonemet.metrics`` and
@@ -21,6 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bonemet_dask.io.labels import (
+    COMPOSITE_LABEL,
+    COMPOSITE_LABEL_COLOURS,
+    label_array_path,
+    label_extra,
+)
 from bonemet_dask.io.scans import ScanRef, StoreRoots, list_scans
 from bonemet_dask.io.store import ImageLayout, get_bonemet_attrs
 from bonemet_dask.ops.composite import (
@@ -170,12 +177,17 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
             },
             "arrays": {"0": "composite", GREYSCALE_ARRAY: "registered greyscale, fibula kept"},
         }
+        label = label_array_path(COMPOSITE_LABEL)  # a copy of "0" as an OME-Zarr label image
+        label_attrs = {"bonemet": {"kind": "composite", "copy_of": "0"}}
         return Product(
             layout,
-            {"0": comp.data, GREYSCALE_ARRAY: grey.data},
+            {"0": comp.data, GREYSCALE_ARRAY: grey.data, label: comp.data},
             attrs,
             slice_index=np.asarray(comp[comp.dims[0]].values, dtype=np.int64),
-            extras={GREYSCALE_ARRAY: {"dtype": "uint8"}},
+            extras={
+                GREYSCALE_ARRAY: {"dtype": "uint8"},
+                label: label_extra(COMPOSITE_LABEL_COLOURS, attributes=label_attrs),
+            },
             measures={name: metrics[name].data for name in SCAN_METRICS},
         )
 

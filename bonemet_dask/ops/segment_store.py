@@ -2,9 +2,11 @@
 
 Reads ``recon_ct/{mouse}/both/week{k}`` (a reconstruction of ours, or the published Recon-CT
 converted from PNGs), writes ``seg_ct/{mouse}/{left,right}/week{k}``: the greyscale crop as
-image ``0`` (as the published Seg-CT), the bone mask as array ``mask`` (uint8, 1 = bone of this
-tibia and fibula; same layout as ``0``), and ``crop_box`` (``lo``/``hi`` voxel indices in the
-reconstruction), ``threshold``, ``knee_slice`` in the group's ``bonemet`` attributes.  One task
+image ``0`` (as the published Seg-CT), the bone mask as the OME-Zarr label image ``labels/mask``
+(array ``labels/mask/0``, uint8, 1 = bone of this tibia and fibula; same layout as ``0``; read
+it with :func:`bonemet_dask.io.labels.mask_array`, or as ``mask`` in ``open_store``), and
+``crop_box`` (``lo``/``hi`` voxel indices in the reconstruction), ``threshold``, ``knee_slice``
+in the group's ``bonemet`` attributes.  One task
 writes one shard of both arrays, then its done-marker (:mod:`bonemet_dask.ops.engine`).
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bonemet_dask.io.labels import MASK_LABEL, MASK_LABEL_COLOURS, label_array_path, label_extra
 from bonemet_dask.io.scans import ScanRef
 from bonemet_dask.io.store import read_ome_scale
 from bonemet_dask.ops.engine import UnitContext, run_declared
@@ -24,7 +27,7 @@ from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageRe
 __all__ = ["MASK_ATTRIBUTES", "Segment", "segment_store"]
 
 MASK_ATTRIBUTES = {"bonemet": {"kind": "mask", "values": {"0": "other", "1": "bone"}}}
-"""Attributes of the ``mask`` array of a ``seg_ct`` group."""
+"""Attributes of the mask array (``labels/mask/0``) of a ``seg_ct`` group."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,11 +69,12 @@ class Segment(Stage, name="segment", reads="recon_ct", writes="seg_ct"):
         layout = self.output_layout(crop.shape, scale)
         attrs = dict(crop.attrs["bonemet"])
         attrs["provenance"] = {"operation": attrs["provenance"]["operation"]}
+        mask = label_array_path(MASK_LABEL)  # the OME-Zarr label image labels/mask
         return Product(
             layout,
-            {"0": crop.data, "mask": crop["mask"].data.astype(np.uint8)},
+            {"0": crop.data, mask: crop["mask"].data.astype(np.uint8)},
             attrs,
-            extras={"mask": {"dtype": "uint8", "attributes": MASK_ATTRIBUTES}},
+            extras={mask: label_extra(MASK_LABEL_COLOURS, attributes=MASK_ATTRIBUTES)},
         )
 
     def _segment(self, scan: ScanRef, context: UnitContext) -> Any:

@@ -56,7 +56,8 @@ def test_consolidate_then_drop(location):
     assert not drop_consolidated(location)  # nothing to drop: no write
     count = consolidate_store(location)
     paths = consolidated_paths(location)
-    assert count == len(paths) == 7  # roi_ct, 7, left, week0 and its three arrays
+    # roi_ct, 7, left, week0, its three arrays and its coordinates z, y, x
+    assert count == len(paths) == 10
     assert "roi_ct/7/left/week0/slice_hash" in paths
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # neither zarr's nor xarray's consolidation warning

@@ -10,6 +10,7 @@ from zarr.core.sync import sync
 
 import bonemet_dask as bm
 from bonemet_dask.cli import app
+from bonemet_dask.io.labels import mask_array
 from bonemet_dask.io.store import ImageLayout, create_image_group, scan_group_path, write_shard
 from bonemet_dask.ops.convert import convert
 from bonemet_dask.ops.segment import SegmentationError, segment_tibiae
@@ -231,8 +232,10 @@ def test_store_round_trip_resume_and_refusal(dataset, segmented, tmp_path):
             assert attrs["crop_box"] == crop.attrs["bonemet"]["crop_box"]
             assert attrs["provenance"]["inputs"] == {"input": f"recon_ct/{mouse}/both/week0"}
             np.testing.assert_array_equal(group["0"][:], crop.values)
-            np.testing.assert_array_equal(group["mask"][:], crop["mask"].values.astype(np.uint8))
-            assert group["mask"].shards == group["0"].shards
+            mask = group["labels/mask/0"]  # the mask is the OME-Zarr label image labels/mask
+            np.testing.assert_array_equal(mask[:], crop["mask"].values.astype(np.uint8))
+            assert mask.shards == group["0"].shards and "mask" not in group
+            assert mask_array(group).path == mask.path
             # the same voxels as the published Seg-CT crop where the two boxes overlap
             ours = attrs["crop_box"]
             box = truth["mice"][mouse]["weeks"]["0"]["seg_box"][side]
@@ -309,5 +312,6 @@ def test_open_store_surfaces_the_mask_beside_the_image(dataset, tmp_path):
     assert list(scan.data_vars) == ["image", "mask"]
     assert scan["mask"].dims == scan["image"].dims and scan["mask"].dtype == np.uint8
     np.testing.assert_array_equal(
-        scan["mask"].values, zarr.open_group(str(out), mode="r")["seg_ct/851/left/week0/mask"][:]
+        scan["mask"].values,
+        zarr.open_group(str(out), mode="r")["seg_ct/851/left/week0/labels/mask/0"][:],
     )
