@@ -25,6 +25,7 @@ _LAZY = {
     "connect": ("bonemet_dask.cluster", "connect"),
     "convert": ("bonemet_dask.ops.convert", "convert"),
     "verify": ("bonemet_dask.ops.verify", "verify"),
+    "export": ("bonemet_dask.ops.export", "export"),
     "open_store": ("bonemet_dask.io.xr", "open_store"),
     "consolidate_store": ("bonemet_dask.io.consolidate", "consolidate_store"),
     "stack": ("bonemet_dask.io.xr", "stack"),
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from bonemet_dask.ops.composite import composite, drop_small_changes
     from bonemet_dask.ops.composite_store import composite_store
     from bonemet_dask.ops.convert import convert
+    from bonemet_dask.ops.export import export
     from bonemet_dask.ops.metrics import bone_metrics, metrics_table, write_metrics_csv
     from bonemet_dask.ops.reconstruct import reconstruct, to_uint8
     from bonemet_dask.ops.reconstruct_store import reconstruct_store

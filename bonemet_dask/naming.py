@@ -17,6 +17,7 @@ Canonical keys used everywhere else in the package:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -240,6 +241,50 @@ def slice_file_name(component: str, mouse: str, side: str, index: int) -> str:
     if component == "regist_ct":
         return f"{mouse}_{side}_tibia_reg{index:08d}.png"
     return f"{mouse}{'L' if side == 'left' else 'R'}_roi{index:08d}.png"
+
+
+def file_name_template(names: Sequence[str]) -> str | None:
+    """A format template that spells every file name of a stack from its index, or None.
+
+    The digits are the last run of digits in the stem (:func:`parse_index`); the template is
+    ``prefix{index:0Nd}suffix`` where ``N`` is the digit count of the first name (zero padding
+    to ``N`` digits, longer numbers as they are), else ``prefix{index:d}suffix``; braces of the
+    prefix and suffix are escaped.  ``["851_rec00000008.png", "851_rec00000009.png"]`` gives
+    ``"851_rec{index:08d}.png"``; names with different prefixes or mixed padding give None (keep
+    the names themselves).
+
+    Parameters
+    ----------
+    names : sequence of str
+        File names (no folder), in any order.
+
+    Returns
+    -------
+    str or None
+        Use it as ``template.format(index=i)``.
+    """
+    if not names:
+        return None
+    first = names[0]
+    stem_end = first.rfind(".") if "." in first else len(first)
+    runs = list(_DIGITS_RE.finditer(first[:stem_end]))
+    if not runs:
+        return None
+    start, end = runs[-1].span()
+
+    def escape(text: str) -> str:
+        return text.replace("{", "{{").replace("}", "}}")
+
+    prefix, suffix = escape(first[:start]), escape(first[end:])
+    for spec in (f"0{end - start}d", "d"):
+        template = f"{prefix}{{index:{spec}}}{suffix}"
+        indices = [parse_index(name) for name in names]
+        if all(
+            i is not None and template.format(index=i) == name
+            for i, name in zip(indices, names, strict=True)
+        ):
+            return template
+    return None
 
 
 def _check_choice(argument: str, value: str, allowed: tuple[str, ...]) -> None:
