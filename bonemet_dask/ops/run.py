@@ -150,6 +150,7 @@ def run(
     source_storage_options: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     consolidate: bool = True,
+    pyramid: bool = True,
 ) -> RunReport:
     """Run the chain from a BoneMet tree to RoI metrics, mouse by mouse, resumably.
 
@@ -193,6 +194,9 @@ def run(
     consolidate : bool
         Consolidate the store's metadata when the run ends (False: only drop the old
         consolidation, for runs side by side in one store; consolidate once after them).
+    pyramid : bool
+        After every mouse, build the multiscale pyramids of the selected mice's complete
+        groups (:mod:`bonemet_dask.ops.pyramid`; stage ``pyramid`` of the report).
 
     Returns
     -------
@@ -294,6 +298,9 @@ def run(
             for name, part in results[mouse].items():
                 report.stages[name].extend(part)
         _metrics(report, roots, metrics_csv)
+        if pyramid:
+            _pyramids(report, store, selection.narrowed(mice=list(plan)) if plan else None,
+                      client, storage_options, progress)  # fmt: skip
     report.seconds = time.perf_counter() - started
     return report
 
@@ -319,6 +326,19 @@ def _split_by_mouse(catalog: Catalog) -> dict[str, Catalog]:
     for stack in catalog.stacks:
         stacks.setdefault(mouse_key(stack.mouse), []).append(stack)
     return {key: replace(catalog, stacks=tuple(value)) for key, value in stacks.items()}
+
+
+def _pyramids(report: RunReport, store: Any, selection: Selection | None, client: Any,
+              storage_options: dict | None, progress: Any) -> None:  # fmt: skip
+    """The pyramids of the run's mice, once after every mouse (inside the consolidation)."""
+    from bonemet_dask.ops.pyramid import pyramid
+
+    if selection is None:
+        return
+    update = (lambda done, total: progress("pyramid", done, total)) if progress else None
+    report.stages["pyramid"] = pyramid(store, selection=selection, client=client,
+                                       storage_options=storage_options, progress=update,
+                                       consolidate=False)  # fmt: skip
 
 
 def _metrics(report: RunReport, roots: StoreRoots, metrics_csv: Any) -> None:
