@@ -479,6 +479,49 @@ def verify(
     raise typer.Exit(EXIT_FAILURE)
 
 
+@app.command()
+@_selecting("mice", "weeks", "sides", "components")
+def export(
+    store: Annotated[str, typer.Argument(help="Zarr store to export from.")],
+    out: Annotated[
+        str, typer.Argument(help="Folder (or fsspec URL) to write the BoneMet PNG tree under.")
+    ],
+    selection: Any = None,
+    check: Annotated[
+        str,
+        typer.Option(help="A file is done when it decodes to its recorded digest, or 'exists'."),
+    ] = "digest",
+    png_level: Annotated[
+        int, typer.Option(help="PNG zlib level 0..9 (same pixels at every level).", min=0, max=9)
+    ] = 1,
+    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+) -> None:
+    """Write scans back to the published folder layout, file names and .log files (resumable).
+
+    Converted scans go back to their source names; stage products get the published naming
+    of their component.  A rerun writes only missing or wrong files.  Exits 3 when a selected
+    scan was skipped (incomplete), 1 when a file could not be written.
+    """
+    from bonemet_dask.ops.export import CHECKS
+    from bonemet_dask.ops.export import export as run_export
+
+    if check not in CHECKS:
+        raise typer.BadParameter(f"--check {check!r} is not one of {', '.join(CHECKS)}")
+    with _user_errors(), _client(cluster) as client, _progress("Exporting shards") as update:
+        result = run_export(store, out, selection=selection, client=client, check=check,
+                            png_level=png_level, progress=update)  # fmt: skip
+    for path, reason in result.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+    for path, reason in result.failures[:50]:
+        err_console.print(f"[red]failed[/red] {path}: {reason}")
+    console.print(
+        f"exported {len(result.folders)} scans to {out}: {result.files_written} PNG files "
+        f"written ({result.bytes_written / 1e6:.1f} MB), {result.files_kept} already complete, "
+        f"{result.logs_written} .log files written, in {result.seconds:.1f} s"
+    )
+    raise typer.Exit(result.exit_code)
+
+
 def _stage_command(stage_class, name: str) -> None:
     """Register the CLI command of a stage, built from its declaration.
 
@@ -644,6 +687,13 @@ def run_chain(
     ] = "local",
     concurrency: Annotated[int | None, typer.Option(help="Mice in flight at once.", min=1)] = None,
     consolidate: ConsolidateOpt = True,
+    pyramid: Annotated[
+        bool,
+        typer.Option(
+            help="Build the multiscale pyramids of the run's groups at the end (for napari and "
+            "neuroglancer; xr.open_datatree then refuses the store, bm.open_store reads it)."
+        ),
+    ] = False,
 ) -> None:
     """The whole chain, mouse by mouse, resumable: the main command.
 
@@ -665,7 +715,7 @@ def run_chain(
         result = run(src, store, selection=selection, start=start, until=until,
                      options=options, backend=backend, overwrite=overwrite,
                      metrics_csv=csv, client=client, concurrency=concurrency,
-                     progress=update, consolidate=consolidate)  # fmt: skip
+                     progress=update, consolidate=consolidate, pyramid=pyramid)  # fmt: skip
     _print_run(result)
     raise typer.Exit(result.exit_code)
 
@@ -771,6 +821,37 @@ def info(
     except FileNotFoundError as err:
         err_console.print(f"[red]store={store!r} cannot be opened: {err}[/red]")
         raise typer.Exit(EXIT_FAILURE) from None
+
+
+@app.command()
+@_selecting("mice", "weeks", "sides", "components")
+def pyramid(
+    store: StoreArg,
+    selection: Any = None,
+    target: Annotated[
+        int, typer.Option(help="Coarsest level: largest axis at most this many pixels.", min=1)
+    ] = 256,
+    rebuild: Annotated[bool, typer.Option(help="Write every level again.")] = False,
+    cluster: Annotated[str, typer.Option(help="'none', 'local' or an address.")] = "none",
+    consolidate: ConsolidateOpt = True,
+) -> None:
+    """OME-Zarr multiscale levels (2x, mean; masks and composites: mode) for every image group.
+
+    Resumable: a rerun writes only the missing shards of each level.  Exits 1 when a group
+    failed.  napari and neuroglancer then zoom out without reading full resolution; plain
+    ``xr.open_datatree`` refuses a store with levels (a level's dims cannot align with its
+    image's), ``bm.open_store`` and ``xr.open_zarr(store, group=...)`` read it.
+    """
+    from bonemet_dask.ops.pyramid import pyramid as build
+
+    with _user_errors(), _client(cluster) as client, _progress("Pyramids") as update:
+        report = build(store, selection=selection, target=target, rebuild=rebuild,
+                       client=client, progress=update, consolidate=consolidate)  # fmt: skip
+    counts = report.counts()
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    for path, reason in report.failed:
+        err_console.print(f"[red]failed[/red] pyramid {path}: {reason}")
+    raise typer.Exit(report.exit_code)
 
 
 def _print_quarantine(quarantined: dict[str, list[tuple[str, str]]]) -> None:

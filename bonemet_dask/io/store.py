@@ -481,7 +481,8 @@ def create_image_group(
         Delete whatever is at ``path`` first.
     extras : mapping, optional
         More arrays on the image grid, sharded like ``0``, one writer per shard with it:
-        ``{"mask": {"dtype": "uint8", "attributes": {...}}}``.
+        ``{"greyscale": {"dtype": "uint8", "attributes": {...}}}``; an OME-Zarr label image
+        at ``labels/{name}/0`` from :func:`bonemet_dask.io.labels.label_extra`.
 
     Returns
     -------
@@ -498,7 +499,7 @@ def create_image_group(
     Idempotent: an existing group with this layout is returned with its data, its existing
     ``bonemet`` attributes kept and keys of ``attrs`` it lacks added (use :func:`set_status` to
     change the status). Arrays missing from it (a run killed while creating metadata) are
-    created.
+    created. The coordinate arrays of :mod:`bonemet_dask.io.coords` are written when missing.
     """
     bonemet = {"status": "incomplete", **dict(attrs)}
     _check_choice("status", bonemet["status"], STATUSES)
@@ -515,10 +516,17 @@ def create_image_group(
         old = dict(group.attrs.get("bonemet", {}))
         if any(key not in old for key in bonemet):
             group.attrs.update({"bonemet": {**bonemet, **old}})
+    from bonemet_dask.io.coords import write_coordinates
+    from bonemet_dask.io.labels import ensure_label_groups
+
+    # label image groups (labels/{name}) before their arrays: docs/store-layout.md, Labels
+    ensure_label_groups(group, ome["ome"]["multiscales"][0], extras)
     for name, spec in specs.items():
         if name in group:
             continue
         group.create_array(name, fill_value=0, **spec)
+    write_coordinates(group, layout.dims, layout.shape, layout.scale,
+                      bonemet=get_bonemet_attrs(group))  # fmt: skip
     logger.debug("image group %s ready: %s", path, layout)
     return group
 
@@ -556,7 +564,7 @@ def _check_existing(
     bonemet: Mapping[str, Any],
 ) -> None:
     fix = "pass overwrite=True to replace it (its data is deleted) or choose the same settings"
-    if group.attrs.get("ome") != ome["ome"]:
+    if _level0_ome(group.attrs.get("ome")) != ome["ome"]:
         raise StoreLayoutError(
             f"group {path!r} exists with OME attributes {group.attrs.get('ome')!r}, not "
             f"{ome['ome']!r}; {fix}"
@@ -571,6 +579,21 @@ def _check_existing(
             f"group {path!r} was written with fingerprint {old!r}, not {new!r} (other source "
             f"files or settings); {fix}"
         )
+
+
+def _level0_ome(ome: Any) -> Any:
+    """OME attributes as :func:`ome_image_attrs` writes them: pyramid levels left out.
+
+    A multiscale pyramid (:mod:`bonemet_dask.io.pyramid`) adds datasets and a ``type`` to a
+    complete group; the layout check compares level 0 only.
+    """
+    try:
+        multiscale = dict(ome["multiscales"][0])
+        multiscale["datasets"] = multiscale["datasets"][:1]
+        multiscale.pop("type", None)
+        return {**ome, "multiscales": [multiscale, *ome["multiscales"][1:]]}
+    except (KeyError, IndexError, TypeError):
+        return ome
 
 
 def _hash_array(group: zarr.Group) -> zarr.Array:

@@ -20,6 +20,8 @@ import zarr
 from dask.base import tokenize
 from zarr.abc.store import Store
 
+from bonemet_dask.io.labels import LABELS_GROUP, label_variables
+from bonemet_dask.io.pyramid import level_array
 from bonemet_dask.io.records import RECORDS_GROUP
 from bonemet_dask.io.store import (
     DIMS,
@@ -44,6 +46,7 @@ def open_store(
     storage_options: Mapping[str, Any] | None = None,
     chunks: str = "inner",
     consolidated: bool = False,
+    level: int = 0,
 ) -> xr.DataTree:
     """Open a bonemet store as a lazy DataTree with the store's hierarchy.
 
@@ -63,6 +66,12 @@ def open_store(
         request for the whole tree, e.g. on S3), as the last finished bonemet-dask command
         wrote it; a command still running, or killed, leaves none (then the store is listed),
         but a write by other means since is not seen.
+    level : int, optional
+        Pyramid level of each image (0: full resolution; k: downsampled ``2**k`` times, see
+        :mod:`bonemet_dask.io.pyramid`); a scan with fewer levels gives its coarsest, and
+        ``image.attrs["level"]`` says which. Coordinates are those of the level (micrometres
+        of the pixel centres; ``slice``: the source index of each block's first slice); other
+        arrays of the scan are left out at levels above 0.
 
     Returns
     -------
@@ -72,7 +81,9 @@ def open_store(
         coords ``slice`` (source file index), ``y``/``x``/``row``/``col`` (micrometres),
         ``angle`` (degrees from ``bonemet.angles_deg``, else the source index) with ``index``
         (the source index) beside it; scalar coords ``mouse`` (the original id), ``side``,
-        ``week``; the group's ``bonemet`` attributes as Dataset attrs. ``/medirec`` holds the
+        ``week``; the group's ``bonemet`` attributes as Dataset attrs (and, for projections,
+        as ``image.attrs["bonemet"]`` too, so ``bm.reconstruct`` takes the image as it is).
+        ``/medirec`` holds the
         records with dim ``record`` (one variable per column, ``column`` attr = original name).
 
     Raises
@@ -115,7 +126,13 @@ def open_store(
             and array.shape == image.shape
             and array.metadata.dimension_names == image.metadata.dimension_names
         }
-        nodes["/" + path] = _scan_dataset(node, image, index, parts, chunks=chunks, extras=extras)
+        extras.update(label_variables(members, path, image))  # seg_ct labels/mask -> "mask"
+        transform = None
+        if level:  # a pyramid level: its own array and transform, no extras
+            image, used, *transform = level_array(node, level)
+            extras, transform = {}, (*transform, used)
+        nodes["/" + path] = _scan_dataset(node, image, index, parts, chunks=chunks, extras=extras,
+                                          transform=transform)  # fmt: skip
     records = members.get(RECORDS_GROUP)
     if isinstance(records, zarr.Group) and "columns" in records.attrs.get("bonemet", {}):
         nodes["/" + RECORDS_GROUP] = _records_dataset(records)
@@ -167,6 +184,8 @@ def open_scan(group: zarr.Group, *, chunks: str = "inner") -> xr.Dataset:
         and array.shape == image.shape
         and array.metadata.dimension_names == image.metadata.dimension_names
     }
+    members = dict(group.members(max_depth=2)) if LABELS_GROUP in group else {}
+    extras.update(label_variables(members, "", image))  # seg_ct labels/mask -> "mask"
     return _scan_dataset(group, image, index, parts, chunks=chunks, extras=extras)
 
 
@@ -188,6 +207,7 @@ def _scan_dataset(
     *,
     chunks: str,
     extras: dict[str, zarr.Array] | None = None,
+    transform: tuple[Any, Any, int] | None = None,
 ) -> xr.Dataset:
     attrs = get_bonemet_attrs(group)
     stored_dims = tuple(image.metadata.dimension_names or ())
@@ -203,16 +223,24 @@ def _scan_dataset(
         scale = (1.0, 1.0, 1.0)
     data = _lazy(image, chunks)
     source_index = np.asarray(index[:], dtype=np.int64)
+    offset, used = (0.0, 0.0, 0.0), 0
+    if transform is not None:  # pyramid level (io/pyramid.py): scale, pixel-centre offset
+        scale, offset, used = transform
+        if len(source_index) != image.shape[0]:
+            source_index = source_index[:: 2**used]
     micrometre = {"units": "micrometer"}
     coords: dict[str, Any] = {
-        dims[1]: (dims[1], np.arange(image.shape[1]) * scale[1], micrometre),
-        dims[2]: (dims[2], np.arange(image.shape[2]) * scale[2], micrometre),
+        dims[1]: (dims[1], np.arange(image.shape[1]) * scale[1] + offset[1], micrometre),
+        dims[2]: (dims[2], np.arange(image.shape[2]) * scale[2] + offset[2], micrometre),
         "mouse": str(attrs.get("mouse", parts[1])),
         "side": parts[2],
         "week": int(parse_week_segment(parts[3]) or 0),
     }
     if dims[0] == "slice":
         coords["slice"] = ("slice", source_index, {"long_name": "source file index"})
+        # the stored axis' name and micrometres, as plain xr.open_zarr shows them (io/coords.py)
+        coords[stored_dims[0]] = ("slice", np.arange(image.shape[0]) * scale[0] + offset[0],
+                                  micrometre)  # fmt: skip
     else:
         angles = attrs.get("angles_deg")
         if angles is not None and len(angles) == image.shape[0]:
@@ -220,7 +248,12 @@ def _scan_dataset(
         else:
             coords["angle"] = ("angle", source_index, {"long_name": "projection index"})
         coords["index"] = ("angle", source_index, {"long_name": "source file index"})
-    variables = {"image": (dims, data)}
+    # a projection stack's image carries the group's attributes (the SkyScan .log, NRecon's
+    # reference grid and window): what bm.reconstruct(tree[...].dataset["image"]) reads
+    image_attrs = {"bonemet": attrs} if dims[0] == "angle" else {}
+    if transform is not None:
+        image_attrs = {**image_attrs, "level": used}
+    variables = {"image": (dims, data, image_attrs)}
     for name, array in sorted((extras or {}).items()):  # e.g. seg_ct "mask", roi_ct "greyscale"
         variables[name] = (dims, _lazy(array, chunks))
     return xr.Dataset(variables, coords=coords, attrs=attrs)

@@ -25,7 +25,7 @@ from bonemet_dask import __version__
 from bonemet_dask.cluster import active_client
 from bonemet_dask.io.catalog import Catalog, Stack, scan_source
 from bonemet_dask.io.consolidate import consolidating
-from bonemet_dask.io.records import write_records
+from bonemet_dask.io.records import read_records_csv, write_records
 from bonemet_dask.io.scans import open_root
 from bonemet_dask.io.skyscan_log import nrecon_reference
 from bonemet_dask.io.store import (
@@ -40,6 +40,7 @@ from bonemet_dask.io.store import (
     write_scan_shard,
 )
 from bonemet_dask.kernels.slab import SlabDecodeError, decode_slab
+from bonemet_dask.naming import file_name_template
 from bonemet_dask.ops.stage import Outcome, StageReport
 from bonemet_dask.selection import Selection, mouse_key
 
@@ -443,6 +444,8 @@ def _scan_attrs(
     stack: Stack, layout: ImageLayout, print_: str, reference: dict | None
 ) -> dict[str, Any]:
     log = stack.log
+    names = [os.path.basename(f.path) for f in stack.files]
+    template = file_name_template(names)  # `export` spells the files back from it
     attrs: dict[str, Any] = {
         "component": stack.component,
         "mouse": stack.mouse,
@@ -456,6 +459,9 @@ def _scan_attrs(
             "n_files": stack.n_files,
             "first_index": stack.indices[0],
             "log": log.to_dict() if log is not None else None,
+            "log_name": os.path.basename(stack.log_path) if stack.log_path else None,
+            "file_name": template,
+            **({} if template else {"file_names": names}),
         },
         "provenance": {
             "package": "bonemet-dask",
@@ -474,11 +480,13 @@ def _scan_attrs(
 
 
 def write_source_records(root, catalog: Catalog) -> None:
-    """Write the catalog's ``record.csv`` to the store's ``/medirec`` (replacing it)."""
-    import pandas as pd
+    """Write the catalog's ``record.csv`` to the store's ``/medirec`` (replacing it).
 
+    The animal id column is stored as text (:func:`~bonemet_dask.io.records.read_records_csv`),
+    so it compares equal to the store's ``mouse`` coords.
+    """
     with catalog.fs.open(catalog.records_path, "rb") as handle:
-        table = pd.read_csv(handle)
+        table = read_records_csv(handle)
     write_records(root, table)
 
 

@@ -150,7 +150,7 @@ def run(
     source_storage_options: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     consolidate: bool = True,
-    pyramid: bool = True,
+    pyramid: bool = False,
 ) -> RunReport:
     """Run the chain from a BoneMet tree to RoI metrics, mouse by mouse, resumably.
 
@@ -196,7 +196,10 @@ def run(
         consolidation, for runs side by side in one store; consolidate once after them).
     pyramid : bool
         After every mouse, build the multiscale pyramids of the selected mice's complete
-        groups (:mod:`bonemet_dask.ops.pyramid`; stage ``pyramid`` of the report).
+        groups (:mod:`bonemet_dask.ops.pyramid`; stage ``pyramid`` of the report).  Off by
+        default: the levels (child groups ``level{k}``, whose dims cannot align with their
+        image's) make ``xr.open_datatree`` refuse the whole store; ``bm.open_store`` and
+        ``xr.open_zarr(store, group=...)`` still read it, napari and neuroglancer use them.
 
     Returns
     -------
