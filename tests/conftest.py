@@ -1,10 +1,16 @@
 """Shared fixtures: a local S3 (moto) server for object-store round trips; store comparison."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 import zarr
+
+# pytest-xdist's workers start with COLUMNS=80, which rich fixes as the CLI console's width
+# when bonemet_dask.cli is imported; the CLI tests pass their own COLUMNS per invocation
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 
 def assert_same_store(a, b) -> None:

@@ -108,7 +108,8 @@ def test_lazy_stage_consolidates_when_computed(tiny_published, tmp_path):
     assert lazy.compute().counts()["written"] == 2
     group = zarr.open_group(out, mode="r")[scan_group_path("seg_ct", "851", "right", 0)]
     assert group.attrs["bonemet"]["status"] == "complete"
-    assert {"seg_ct/851/left/week0/mask", "seg_ct/851/right/week0/0"} <= consolidated_paths(out)
+    expected = {"seg_ct/851/left/week0/labels/mask/0", "seg_ct/851/right/week0/0"}
+    assert expected <= consolidated_paths(out)
 
 
 def test_convert_to_memory_url_consolidates_quarantined_stacks_too(tiny_published, tmp_path):
