@@ -27,16 +27,6 @@ from pathlib import Path
 
 import yaml
 
-RATES_KEYS = (
-    "fdk_gups",
-    "fdk_pixel_core_s_per_mpix",
-    "fdk_voxel_core_s_per_mvox",
-    "segment_core_s_per_mvox",
-    "register_search_core_s_per_level",
-    "register_other_core_s_per_mvox",
-    "composite_core_s_per_mvox",
-)
-
 
 def _stage_seconds(stream: list[dict]) -> dict[str, float]:
     """Core-seconds of computing: all tasks, and those of the parts rated on their own.
@@ -160,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     for stage, units, wall, core_s, bp_s, search_s in result["rows"]:
         extra = f"{bp_s:.1f}" if bp_s else (f"{search_s:.1f}" if search_s else "")
         print(f"| {stage} | {units} | {wall:.1f} | {core_s:.1f} | {extra} |")
-    from bonemet_dask.ops.plan_chain import RATES_FILE
+    from bonemet_dask.ops.plan_chain import CPU_RATE_KEYS, RATES_FILE
 
     with open(RATES_FILE, encoding="utf-8") as handle:
         text = handle.read()
@@ -171,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         f"({datetime.date.today()}, {os.cpu_count()} cores, {platform.machine()}; one mouse x 2 "
         "weeks, core-seconds = summed task compute time)"
     )
-    packaged["cpu"] = {key: float(f"{result['rates'][key]:.4g}") for key in RATES_KEYS}
+    packaged["cpu"] = {key: float(f"{result['rates'][key]:.4g}") for key in CPU_RATE_KEYS}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(header + yaml.safe_dump(packaged, sort_keys=False), encoding="utf-8")
     print(f"\nrates: {packaged['cpu']}\nwritten to {args.out}")

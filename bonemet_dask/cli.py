@@ -11,7 +11,6 @@ import functools
 import inspect
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -322,10 +321,13 @@ def _print_chain_plan(
 
     try:
         loaded = load_rates(rates)
-        memory = None if node_memory is None else int(parse_bytes(node_memory))
     except (FileNotFoundError, ValueError) as err:
-        param = "--node-memory" if "rates" not in str(err) and node_memory else "--rates"
-        raise typer.BadParameter(str(err), param_hint=param) from None
+        raise typer.BadParameter(str(err), param_hint="--rates") from None
+    try:
+        memory = None if node_memory is None else int(parse_bytes(node_memory))
+    except ValueError as err:
+        raise typer.BadParameter(f"{node_memory!r}: {err}; e.g. 256GiB",
+                                 param_hint="--node-memory") from None  # fmt: skip
     plans = plan_chain(rates=loaded)
     time = cluster_time(plans, nodes=nodes, cores=cores, gpus=gpus, node_memory=memory)
     frame = stage_frame(plans, time)
@@ -754,9 +756,6 @@ def consolidate(store: StoreArg) -> None:
     """
     from bonemet_dask.io.consolidate import consolidate_store
 
-    if "://" not in store and not os.path.isfile(os.path.join(store, "zarr.json")):
-        err_console.print(f"[red]STORE {store!r} is not a Zarr store (no zarr.json)[/red]")
-        raise typer.Exit(EXIT_FAILURE)
     with _user_errors():
         nodes = consolidate_store(store)
     console.print(f"consolidated {nodes:,} groups and arrays into the root of {store}")

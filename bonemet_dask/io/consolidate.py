@@ -66,6 +66,8 @@ def consolidate_store(
 
     Raises
     ------
+    FileNotFoundError
+        If the store has no root ``zarr.json`` (nothing is created then).
     TypeError
         If the store does not support consolidated metadata.
 
@@ -76,6 +78,14 @@ def consolidate_store(
     root ``zarr.json`` (not yet part of the Zarr v3 specification: zarr-python's warning
     about that is silenced here).
     """
+    try:  # read-only first: opening a missing local store for writing would create it
+        found = _root_document(open_zarr_store(store, mode="r", storage_options=storage_options))
+    except FileNotFoundError:
+        found = None
+    if found is None:
+        raise FileNotFoundError(
+            f"store {_describe(store)} has no root zarr.json: not a Zarr store; check the path"
+        )
     zstore = open_zarr_store(store, mode="a", storage_options=storage_options)
     started = time.perf_counter()
     with warnings.catch_warnings():

@@ -15,6 +15,8 @@ from typing import Final
 
 import numpy as np
 
+from bonemet_dask.kernels.resample import bin_mean
+
 __all__ = ["METHODS", "block_mean", "block_mode", "downsample_block", "downsampled_shape"]
 
 METHODS: Final = ("mean", "mode")
@@ -28,8 +30,8 @@ def downsampled_shape(shape: Sequence[int], factors: Sequence[int]) -> tuple[int
     return tuple(-(-int(n) // int(f)) for n, f in zip(shape, factors, strict=True))
 
 
-def _blocks(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """``block`` edge-padded to whole blocks, viewed as ``(n0, f0, n1, f1, ...)``."""
+def _padded(block: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``block`` edge-padded to whole blocks of ``factors`` (checked: 1 or 2 per axis)."""
     factors = tuple(int(f) for f in factors)
     if len(factors) != block.ndim or min(factors) < 1:
         raise ValueError(
@@ -40,6 +42,12 @@ def _blocks(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     pad = [(0, -n % f) for n, f in zip(block.shape, factors, strict=True)]
     if any(p for _, p in pad):
         block = np.pad(block, pad, mode="edge")
+    return block, factors
+
+
+def _blocks(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """``block`` edge-padded to whole blocks, viewed as ``(n0, f0, n1, f1, ...)``."""
+    block, factors = _padded(block, factors)
     shape: list[int] = []
     for n, f in zip(block.shape, factors, strict=True):
         shape += [n // f, f]
@@ -64,13 +72,13 @@ def block_mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     numpy.ndarray
         Shape :func:`downsampled_shape`, dtype of ``block``.
     """
-    view = _blocks(block, factors)
-    axes = tuple(range(1, view.ndim, 2))
-    count = int(np.prod(factors))
+    padded, factors = _padded(block, factors)
+    # the registration pyramid's binning; with at most 8 pixels of 16 bits a bin, the float32
+    # sums and the division by a power of two are exact, so the rounding below is too
+    mean = bin_mean(padded, factors)
     if np.issubdtype(block.dtype, np.integer) or block.dtype == np.bool_:
-        total = view.sum(axis=axes, dtype=np.int64 if block.dtype.kind == "i" else np.uint64)
-        return ((total + count // 2) // count).astype(block.dtype)
-    return view.mean(axis=axes, dtype=np.float64).astype(block.dtype)
+        return np.floor(mean + np.float32(0.5)).astype(block.dtype)
+    return mean.astype(block.dtype)
 
 
 def block_mode(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:

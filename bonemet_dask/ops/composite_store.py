@@ -37,7 +37,6 @@ from bonemet_dask.ops.composite import (
     drop_small_changes,
     voxel_size_um,
 )
-from bonemet_dask.ops.convert import default_slices_per_shard
 from bonemet_dask.ops.engine import UnitContext, run_declared
 from bonemet_dask.ops.metrics import (
     SCAN_METRICS,
@@ -155,9 +154,7 @@ class Composite(Stage, name="composite", reads="regist_ct", writes="roi_ct", per
             comp = drop_small_changes(comp, self.min_change_voxels)
         grey = followup.isel(slice=slice(first, first + n))
         scale = voxel_size_um(baseline)
-        sps = self.slices_per_shard or default_slices_per_shard("ct", comp.shape, "uint8")
-        layout = ImageLayout.default_for("ct", comp.shape, "uint8", voxel_size_um=scale,
-                                         slices_per_shard=sps)  # fmt: skip
+        layout = self.output_layout(comp.shape, scale)
         layout = ImageLayout(**{**layout.__dict__, "codec": "blosc-zstd", "level": 1})
         metrics = bone_metrics(comp, kind="composite", voxel_size=scale)
         attrs = {

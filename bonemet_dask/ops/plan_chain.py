@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHAIN_STAGES",
+    "CPU_RATE_KEYS",
     "RATES_FILE",
     "ClusterTime",
     "Rates",
@@ -53,7 +54,16 @@ RATES_FILE: Final = os.path.join(os.path.dirname(os.path.dirname(__file__)), "st
 CHAIN_STAGES: Final = ("convert", "reconstruct", "segment", "register", "composite")
 """The stages of ``run`` from raw projections (``convert``: the projections only)."""
 
-_REGISTER_LEVELS_UM: Final = (160.0, 80.0, 40.0, 20.0)
+CPU_RATE_KEYS: Final = (
+    "fdk_gups",
+    "fdk_pixel_core_s_per_mpix",
+    "fdk_voxel_core_s_per_mvox",
+    "segment_core_s_per_mvox",
+    "register_search_core_s_per_level",
+    "register_other_core_s_per_mvox",
+    "composite_core_s_per_mvox",
+)
+"""The keys of a rates file's ``cpu:`` block (``stage-rates.yaml`` says what each one means)."""
 
 
 @dataclass(frozen=True)
@@ -85,16 +95,6 @@ class Rates:
     gpu_fdk_gups: float | None = None
     gpu_device: str | None = None
 
-    _CPU_KEYS: Final = (
-        "fdk_gups",
-        "fdk_pixel_core_s_per_mpix",
-        "fdk_voxel_core_s_per_mvox",
-        "segment_core_s_per_mvox",
-        "register_search_core_s_per_level",
-        "register_other_core_s_per_mvox",
-        "composite_core_s_per_mvox",
-    )
-
 
 def load_rates(path: str | os.PathLike[str] | None = None) -> Rates:
     """Read a rates file (default :data:`RATES_FILE`).
@@ -120,7 +120,7 @@ def load_rates(path: str | os.PathLike[str] | None = None) -> Rates:
             raise ValueError(f"{path}: {where}.{key}={value!r} must be a positive number")
         return float(value)
 
-    cpu = {key: positive(raw.get("cpu"), key, "cpu") for key in Rates._CPU_KEYS}
+    cpu = {key: positive(raw.get("cpu"), key, "cpu") for key in CPU_RATE_KEYS}
     convert = raw.get("convert") or {}
     kinds = ("ct", "projections")
     gpu = raw.get("gpu") or {}
@@ -201,7 +201,9 @@ def work_units(stage: str, sizes: ScanSizes) -> dict[str, float]:
     if stage == "segment":
         return {"mvox_in": float(np.prod(sizes.recon)) / 1e6}
     if stage == "register":
-        levels = sum(level >= sizes.voxel_um * 0.999 for level in _REGISTER_LEVELS_UM)
+        from bonemet_dask.ops.register import LEVELS_UM  # levels finer than a voxel: dropped
+
+        levels = sum(level >= sizes.voxel_um * 0.999 for level in LEVELS_UM)
         return {"levels": float(max(1, levels)), "mvox_out": float(np.prod(sizes.regist)) / 1e6}
     if stage == "composite":
         return {"mvox_in": 2 * float(np.prod(sizes.regist)) / 1e6}
@@ -258,6 +260,18 @@ def _layout(shape: tuple[int, int, int], kind: str = "ct", dtype: str = "uint8")
     )
 
 
+def _recon_layout(sizes: ScanSizes) -> ImageLayout:
+    """The reconstruction stage's layout: 64-slice shards, one per FDK slab (not 256 MiB)."""
+    return ImageLayout.default_for("ct", sizes.recon, "uint8", voxel_size_um=1.0)
+
+
+def _stage_layout(shape: tuple[int, int, int]) -> ImageLayout:
+    """The layout segment, register and composite write (:meth:`Stage.output_layout`)."""
+    from bonemet_dask.ops.segment_store import Segment
+
+    return Segment().output_layout(shape, 1.0)
+
+
 def _chunks_in(layout: ImageLayout) -> int:
     return math.prod(math.ceil(n / c) for n, c in zip(layout.shape, layout.chunks, strict=True))
 
@@ -288,7 +302,7 @@ def reconstruction_graph(sizes: ScanSizes) -> tuple[int, int]:
     projections = _layout(shape, "projections", "uint16")
     data = da.zeros(shape, dtype=np.uint16, chunks=projections.chunks)
     lazy = xr.DataArray(data, dims=("angle", "row", "col"))
-    out = _layout(sizes.recon)
+    out = _recon_layout(sizes)
     volume = reconstruct(lazy, g, grid=VolumeGrid(sizes.recon, g.voxel_size),
                          slab_slices=out.slices_per_shard, air=1.0, backend="numpy")  # fmt: skip
     # + the window and write task of each shard, the finish, and the store array's own task
@@ -343,7 +357,7 @@ def plan_chain(
 
     work = work_units("reconstruct", sizes)
     tasks, largest = reconstruction_graph(sizes)
-    recon = _layout(sizes.recon)
+    recon = _recon_layout(sizes)
     backprojection = work["updates"] / (cpu["fdk_gups"] * 1e9)
     other = (work["mpix"] * cpu["fdk_pixel_core_s_per_mpix"]
              + work["mvox_out"] * cpu["fdk_voxel_core_s_per_mvox"])  # fmt: skip
@@ -355,7 +369,7 @@ def plan_chain(
         scans * other / hour if gpu else 0.0,
     ))  # fmt: skip
 
-    seg = _layout(sizes.seg)
+    seg = _stage_layout(sizes.seg)
     box_chunks = _chunks_in(ImageLayout.default_for("ct", sizes.seg, "uint8", voxel_size_um=1.0))
     seg_tasks = _chunks_in(recon) + 2 * (box_chunks + 2 * seg.n_shards + 1)
     plans.append(StagePlan(
@@ -365,7 +379,7 @@ def plan_chain(
         scans * work_units("segment", sizes)["mvox_in"] * cpu["segment_core_s_per_mvox"] / hour,
     ))  # fmt: skip
 
-    regist = _layout(sizes.regist)
+    regist = _stage_layout(sizes.regist)
     work = work_units("register", sizes)
     register_s = (work["levels"] * cpu["register_search_core_s_per_level"]
                   + work["mvox_out"] * cpu["register_other_core_s_per_mvox"])  # fmt: skip
@@ -376,7 +390,7 @@ def plan_chain(
         max(search_bytes, 2 * _shard_bytes(regist)), tibiae * register_s / hour,
     ))  # fmt: skip
 
-    roi = _layout(sizes.roi)
+    roi = _stage_layout(sizes.roi)
     regist_chunks = _chunks_in(ImageLayout.default_for("ct", sizes.regist, "uint8",
                                                        voxel_size_um=1.0))  # fmt: skip
     plans.append(StagePlan(
