@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
     from bonemet_dask.io.catalog import Catalog
 
-METADATA_OBJECTS_PER_SCAN = 4
-"""``zarr.json`` of the scan group and of its three arrays."""
+COORDINATE_OBJECTS = 6
+"""The coordinate arrays of a scan group (:mod:`bonemet_dask.io.coords`): 3 axes, each a
+``zarr.json`` and one chunk."""
 
 # Published BoneMet counts (DESIGN.md section 1, the paper's Table 1): scans, typical stack shape
 # (n, height, width), bytes of PNG.  The 5,105 hindlimb scans give 10,210 tibiae.
@@ -47,6 +48,29 @@ class ComponentPlan:
         return self.png_bytes / 1e6 / max(self.objects, 1)
 
 
+def scan_objects(n_shards: int, *, images: int = 1, labels: int = 0) -> int:
+    """Stored objects of one scan group, as the conversion and the stages write it.
+
+    Each image and label array holds one object per shard, and ``slice_hash`` one per shard
+    (the shard's done-marker); ``slice_index`` is one chunk; every group and array has its
+    ``zarr.json`` (a label is a group and its array ``0``, under one ``labels`` group); the
+    coordinate arrays add :data:`COORDINATE_OBJECTS`.  ``tests/ops/test_plan_chain.py`` counts
+    the files of a real run against it.
+
+    Parameters
+    ----------
+    n_shards : int
+        Shards of the scan's image (:attr:`ImageLayout.n_shards`).
+    images : int
+        Image arrays of the group: ``0``, and the composite's ``greyscale``.
+    labels : int
+        OME-Zarr label images under ``labels/`` (the mask, the composite).
+    """
+    shards = (images + labels + 1) * n_shards + 1
+    documents = 1 + images + 2 + (1 + 2 * labels if labels else 0)
+    return shards + documents + COORDINATE_OBJECTS
+
+
 def _kind(component: str) -> str:
     return "projections" if component == "rotation_xray" else "ct"
 
@@ -65,7 +89,7 @@ def _scan_plan(kind: str, shape: tuple[int, int, int], dtype: str) -> tuple[int,
     layout = ImageLayout.default_for(
         kind, shape, dtype, voxel_size_um=1.0, slices_per_shard=per_shard
     )
-    return layout.n_shards, 2 * layout.n_shards + 1 + METADATA_OBJECTS_PER_SCAN
+    return layout.n_shards, scan_objects(layout.n_shards)
 
 
 def plan_catalog(catalog: Catalog) -> list[ComponentPlan]:

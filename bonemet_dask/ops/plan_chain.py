@@ -25,7 +25,7 @@ import yaml
 
 from bonemet_dask import config
 from bonemet_dask.io.store import ImageLayout
-from bonemet_dask.ops.plan import METADATA_OBJECTS_PER_SCAN, PUBLISHED
+from bonemet_dask.ops.plan import PUBLISHED, scan_objects
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -280,9 +280,21 @@ def _shard_bytes(layout: ImageLayout, itemsize: int = 1) -> int:
     return layout.slices_per_shard * layout.shape[1] * layout.shape[2] * itemsize
 
 
-def _objects(layout: ImageLayout, arrays: int = 1) -> int:
-    """Shards of each array, the slice digests, and the metadata documents."""
-    return arrays * layout.n_shards + layout.n_shards + 1 + METADATA_OBJECTS_PER_SCAN
+STAGE_ARRAYS: Final = {
+    "convert": (1, 0),
+    "reconstruct": (1, 0),
+    "segment": (1, 1),
+    "register": (1, 0),
+    "composite": (2, 1),
+}
+"""Image and label arrays each stage writes per scan group: the segmentation's mask is a label
+of its image; the composite group holds the composite, its ``greyscale`` and the composite
+again as a label (``docs/store-layout.md``)."""
+
+
+def _objects(stage: str, layout: ImageLayout) -> int:
+    images, labels = STAGE_ARRAYS[stage]
+    return scan_objects(layout.n_shards, images=images, labels=labels)
 
 
 def reconstruction_graph(sizes: ScanSizes) -> tuple[int, int]:
@@ -351,7 +363,7 @@ def plan_chain(
     proj = _layout(proj_shape, "projections", "uint16")
     plans.append(StagePlan(
         "convert", scans, "scan", png["rotation_xray"] * scans, stored["rotation_xray"] * scans,
-        scans * _objects(proj), scans * (proj.n_shards + 1), 2 * _shard_bytes(proj, 2),
+        scans * _objects("convert", proj), scans * (proj.n_shards + 1), 2 * _shard_bytes(proj, 2),
         scans * png["rotation_xray"] / 1e6 / rates.convert_mb_per_core_s["projections"] / hour,
     ))  # fmt: skip
 
@@ -364,7 +376,7 @@ def plan_chain(
     gpu = work["updates"] / (rates.gpu_fdk_gups * 1e9) if rates.gpu_fdk_gups else 0.0
     plans.append(StagePlan(
         "reconstruct", scans, "scan", stored["rotation_xray"] * scans, stored["recon_ct"] * scans,
-        scans * _objects(recon), scans * tasks, largest,
+        scans * _objects("reconstruct", recon), scans * tasks, largest,
         scans * (backprojection + other) / hour, scans * gpu / hour,
         scans * other / hour if gpu else 0.0,
     ))  # fmt: skip
@@ -374,7 +386,7 @@ def plan_chain(
     seg_tasks = _chunks_in(recon) + 2 * (box_chunks + 2 * seg.n_shards + 1)
     plans.append(StagePlan(
         "segment", scans, "scan", stored["recon_ct"] * scans, 2 * stored["seg_ct"] * scans,
-        2 * scans * _objects(seg, arrays=2), scans * seg_tasks,
+        2 * scans * _objects("segment", seg), scans * seg_tasks,
         max(3 * _shard_bytes(seg), 2 * _shard_bytes(recon) // recon.n_shards),
         scans * work_units("segment", sizes)["mvox_in"] * cpu["segment_core_s_per_mvox"] / hour,
     ))  # fmt: skip
@@ -386,7 +398,7 @@ def plan_chain(
     search_bytes = min(budget, int(np.prod(sizes.seg)) * 2)  # the finest level and its copy
     plans.append(StagePlan(
         "register", tibiae, "tibia-week", stored["seg_ct"] * tibiae, stored["regist_ct"] * tibiae,
-        tibiae * _objects(regist), tibiae * (box_chunks + 2 * regist.n_shards + 8),
+        tibiae * _objects("register", regist), tibiae * (box_chunks + 2 * regist.n_shards + 8),
         max(search_bytes, 2 * _shard_bytes(regist)), tibiae * register_s / hour,
     ))  # fmt: skip
 
@@ -395,7 +407,7 @@ def plan_chain(
                                                        voxel_size_um=1.0))  # fmt: skip
     plans.append(StagePlan(
         "composite", tibiae, "tibia-week", 2 * stored["regist_ct"] * tibiae,
-        2 * stored["roi_ct"] * tibiae, tibiae * _objects(roi, arrays=2),
+        2 * stored["roi_ct"] * tibiae, tibiae * _objects("composite", roi),
         tibiae * (regist_chunks + 3 * roi.n_shards + 4), 6 * _shard_bytes(roi),
         tibiae * work_units("composite", sizes)["mvox_in"] * cpu["composite_core_s_per_mvox"]
         / hour,
