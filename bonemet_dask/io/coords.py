@@ -38,6 +38,7 @@ def coordinate_values(
     scale: Sequence[float],
     *,
     angles_deg: Sequence[float] | None = None,
+    offset: Sequence[float] | None = None,
 ) -> dict[str, tuple[str, np.ndarray, dict[str, Any]]]:
     """The coordinate of each axis of an image: values and attributes.
 
@@ -52,6 +53,8 @@ def coordinate_values(
     angles_deg : sequence of float, optional
         The projections' angles in degrees; without them there is no angle coordinate (the
         projection index is ``slice_index``).
+    offset : sequence of float, optional
+        Micrometres of pixel 0 along each axis (a pyramid level's OME translation); default 0.
 
     Returns
     -------
@@ -60,13 +63,14 @@ def coordinate_values(
         degrees, each with ``units``; ``name`` is ``dim``.
     """
     out: dict[str, tuple[str, np.ndarray, dict[str, Any]]] = {}
-    for dim, n, step in zip(dims, shape, scale, strict=True):
+    offset = offset if offset is not None else (0.0,) * len(dims)
+    for dim, n, step, start in zip(dims, shape, scale, offset, strict=True):
         if dim == "angle":
             if angles_deg is not None and len(angles_deg) == n:
                 values = np.asarray(angles_deg, dtype=np.float64)
                 out[dim] = (dim, values, {"units": "degree"})
         else:
-            values = np.arange(n, dtype=np.float64) * float(step)
+            values = float(start) + np.arange(n, dtype=np.float64) * float(step)
             out[dim] = (dim, values, {"units": COORDINATE_UNITS})
     return out
 
@@ -78,6 +82,7 @@ def write_coordinates(
     scale: Sequence[float],
     *,
     bonemet: Mapping[str, Any] | None = None,
+    offset: Sequence[float] | None = None,
 ) -> list[str]:
     """Write the coordinate arrays a group lacks (idempotent; existing ones are kept).
 
@@ -89,6 +94,8 @@ def write_coordinates(
         The image's axes, shape and micrometres per voxel.
     bonemet : mapping, optional
         The group's ``bonemet`` attributes (``angles_deg`` of a projection stack).
+    offset : sequence of float, optional
+        Micrometres of pixel 0 (a pyramid level's translation); default 0.
 
     Returns
     -------
@@ -102,7 +109,7 @@ def write_coordinates(
         rename or delete it).
     """
     angles = (bonemet or {}).get("angles_deg")
-    coords = coordinate_values(dims, shape, scale, angles_deg=angles)
+    coords = coordinate_values(dims, shape, scale, angles_deg=angles, offset=offset)
     written = []
     for name, (dim, values, attrs) in coords.items():
         node = group.get(name)

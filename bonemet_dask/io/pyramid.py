@@ -10,8 +10,12 @@ largest downsampled axis is at most ``target`` (256) pixels: a full-size Recon-C
 (:mod:`bonemet_dask.kernels.downsample`).
 
 Layout. Level ``k`` of an image group is the array ``level{k}/0`` (one subgroup per level, so
-``xr.open_zarr``/``xr.open_datatree`` see one consistent set of dims per group; the OME
-``multiscales`` datasets name the paths). Its chunks are ``(64, 256, 256)`` (projections
+``xr.open_zarr`` of the image group sees one consistent set of dims; the OME ``multiscales``
+datasets name the paths). Level ``k`` of a label image (``labels/mask``, ``labels/composite``)
+is the array ``k`` beside its ``0``, the usual OME-Zarr layout: ome-zarr-models (1.7) validates
+a label's levels only by their names in the label group, and rejects ``level{k}/0`` there.
+A level group also holds the level's coordinate arrays (micrometres of the pixel centres), so
+``xr.open_zarr(store, group=".../level2")`` is labelled too. A level's chunks are ``(64, 256, 256)`` (projections
 ``(8, 128, full)``) clipped to the level; one shard spans the level's whole y/x and as many
 slices as keep the task's input near :data:`TASK_INPUT_BYTES`, a multiple of the chunk depth.
 A task therefore reads whole chunks of the level above (``2 x`` its slices: whole shards there)
@@ -37,6 +41,7 @@ import dask
 import zarr
 from zarr.core.sync import sync
 
+from bonemet_dask.io.coords import write_coordinates
 from bonemet_dask.io.store import get_bonemet_attrs, open_zarr_store, read_ome_scale, write_shard
 from bonemet_dask.naming import COMPONENTS
 from bonemet_dask.selection import Selection
@@ -106,8 +111,8 @@ class PyramidLevel:
         return slice(shard * step, min((shard + 1) * step, source_n))
 
 
-def _level_path(index: int) -> str:
-    return "0" if index == 0 else f"level{index}/0"
+def _level_path(index: int, flat: bool = False) -> str:
+    return "0" if index == 0 else str(index) if flat else f"level{index}/0"
 
 
 def plan_levels(
@@ -120,6 +125,7 @@ def plan_levels(
     shards: Sequence[int] | None = None,
     target: int = DEFAULT_TARGET,
     task_bytes: int = TASK_INPUT_BYTES,
+    flat: bool = False,
 ) -> list[PyramidLevel]:
     """The levels of an image: level 0 as stored, then 2x steps until ``target`` is reached.
 
@@ -140,6 +146,8 @@ def plan_levels(
         Largest downsampled axis of the coarsest level, at most; >= 1.
     task_bytes : int
         Decoded bytes of the level above one writing task should read.
+    flat : bool
+        Level ``k`` is the array ``k`` beside ``0`` (label images) instead of ``level{k}/0``.
 
     Returns
     -------
@@ -171,7 +179,7 @@ def plan_levels(
         cumulative = tuple(f**k for f in factors)
         levels.append(
             PyramidLevel(
-                index=k, path=_level_path(k), shape=new, chunks=chunk, shards=shard,
+                index=k, path=_level_path(k, flat), shape=new, chunks=chunk, shards=shard,
                 factors=factors,
                 scale=tuple(s * c for s, c in zip(levels[0].scale, cumulative, strict=True)),
                 translation=tuple(s * (c - 1) / 2 for s, c in
@@ -188,8 +196,7 @@ def resampling_method(group: zarr.Group, array_name: str = "0") -> str:
     its ``bonemet.component`` is ``roi_ct`` (the composite), or the array's own
     ``bonemet.kind`` is ``mask`` (``seg_ct``'s ``mask``).
     """
-    ome = group.attrs.get("ome", {})
-    if isinstance(ome, dict) and "image-label" in ome:
+    if _is_label(group):
         return "mode"
     if get_bonemet_attrs(group).get("component") in _MODE_COMPONENTS:
         return "mode"
@@ -199,13 +206,18 @@ def resampling_method(group: zarr.Group, array_name: str = "0") -> str:
     return "mean"
 
 
+def _is_label(group: zarr.Group) -> bool:
+    ome = group.attrs.get("ome", {})
+    return isinstance(ome, dict) and "image-label" in ome
+
+
 def _plan_for(group: zarr.Group, target: int, task_bytes: int) -> list[PyramidLevel]:
     array = group["0"]
     scale = read_ome_scale(group) or (1.0,) * array.ndim
     return plan_levels(array.shape, tuple(array.metadata.dimension_names or ()), scale,
                        array.dtype.itemsize, chunks=array.chunks,
                        shards=array.shards or array.chunks, target=target,
-                       task_bytes=task_bytes)  # fmt: skip
+                       task_bytes=task_bytes, flat=_is_label(group))  # fmt: skip
 
 
 def _fingerprint(group: zarr.Group, levels: list[PyramidLevel], method: str) -> str:
@@ -261,7 +273,7 @@ def _level_folders(group: zarr.Group) -> list[str]:
     async def listing() -> list[str]:
         return [key async for key in group.store.list_dir(group.path)]
 
-    return sorted(name for name in sync(listing()) if re.fullmatch(r"level\d+", name))
+    return sorted(name for name in sync(listing()) if re.fullmatch(r"level\d+|[1-9]\d*", name))
 
 
 def _marker_keys(group: zarr.Group, level: PyramidLevel) -> dict[str, int]:
@@ -300,14 +312,22 @@ def _prepare(group: zarr.Group, levels: list[PyramidLevel], method: str, fingerp
                                      "levels": len(levels), "status": "incomplete"})  # fmt: skip
     done: dict[int, set[int]] = {}
     store, base = group.store, group.path
+    dims = tuple(source.metadata.dimension_names or ())
+    flat = _is_label(group)
     for level in levels[1:]:
         folder = f"{base}/level{level.index}"
-        if not sync(store.exists(f"{folder}/0/zarr.json")):
-            zarr.create_array(store, name=f"{folder}/0", shape=level.shape, dtype=source.dtype,
+        if not sync(store.exists(f"{base}/{level.path}/zarr.json")):
+            zarr.create_array(store, name=f"{base}/{level.path}", shape=level.shape,
+                              dtype=source.dtype,
                               chunks=level.chunks, shards=level.shards,
                               dimension_names=source.metadata.dimension_names,
                               compressors=source.compressors,
                               fill_value=source.fill_value)  # fmt: skip
+        if not flat:  # a level group is labelled like its image (xr.open_zarr)
+            write_coordinates(zarr.open_group(store, path=folder, mode="r+",
+                                              use_consolidated=False),
+                              dims, level.shape, level.scale, offset=level.translation,
+                              bonemet=get_bonemet_attrs(group))  # fmt: skip
         if not sync(store.exists(f"{folder}/{MARKER}/zarr.json")):
             zarr.create_array(store, name=f"{folder}/{MARKER}", shape=(level.n_shards,),
                               dtype="uint8", chunks=(1,), dimension_names=("shard",),
