@@ -597,9 +597,9 @@ def _gpu_client(args: argparse.Namespace) -> tuple[object, str]:
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p != root]])
     if args.cpu_dry_run:
-        return bm.connect("local", n_workers=2, threads_per_worker=1, dashboard_address=":0"), (
-            "connect('local'), 2 workers x 1 thread (CPU dry run)"
-        )
+        client = bm.connect("local", n_workers=2, threads_per_worker=1,
+                            dashboard_address="127.0.0.1:0")  # fmt: skip
+        return client, "connect('local'), 2 workers x 1 thread (CPU dry run)"
     try:
         import dask_cuda
     except ImportError:
@@ -610,9 +610,9 @@ def _gpu_client(args: argparse.Namespace) -> tuple[object, str]:
               "resources GPU=1 built here (connect() has no such kind)", flush=True)  # fmt: skip
         cluster = LocalCluster(n_workers=1, threads_per_worker=args.run_threads, processes=True,
                                resources={"GPU": 1}, host="127.0.0.1",
-                               dashboard_address=":0")  # fmt: skip
+                               dashboard_address="127.0.0.1:0")  # fmt: skip
         return Client(cluster), f"LocalCluster(GPU=1) x {args.run_threads} threads: NO dask_cuda"
-    client = bm.connect("gpu", threads_per_worker=args.run_threads, dashboard_address=":0")
+    client = bm.connect("gpu", threads_per_worker=args.run_threads, dashboard_address="127.0.0.1:0")
     return client, f"connect('gpu'): dask_cuda {dask_cuda.__version__}, {args.run_threads} threads"
 
 

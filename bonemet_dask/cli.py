@@ -11,6 +11,8 @@ import functools
 import inspect
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bonemet_dask.naming import COMPONENTS, SIDES
@@ -45,6 +48,18 @@ def _main(
     package_logger.handlers[:] = [handler]
     package_logger.setLevel(logging.INFO if verbose else logging.WARNING)
     package_logger.propagate = False
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """End the command on SIGTERM (a batch system's time limit, ``kill``) as on Ctrl-C.
+
+    The writer lock is released and groups keep their status, so a rerun from any node
+    resumes at once instead of waiting for the lock to go stale.
+    """
+    err_console.print("[red]terminated (SIGTERM): stopping; rerun the same command to resume[/red]")
+    raise SystemExit(128 + signum)
 
 
 # ---------------------------------------------------------------- shared options and errors
@@ -110,17 +125,17 @@ def _is_argument(parameter: inspect.Parameter) -> bool:
 @contextlib.contextmanager
 def _user_errors():
     """Turn the mistakes a user can make into one red line and the documented exit code."""
-    from bonemet_dask.errors import UsageError
+    from bonemet_dask.errors import StoreFullError, UsageError
     from bonemet_dask.io.store import StoreLayoutError
     from bonemet_dask.ops.convert import ConversionError
 
     try:
         yield
     except (UsageError, FileNotFoundError, NotADirectoryError) as err:
-        err_console.print(f"[red]{err}[/red]")
+        err_console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(EXIT_USAGE) from None
-    except (ConversionError, StoreLayoutError) as err:
-        err_console.print(f"[red]{err}[/red]")
+    except (ConversionError, StoreLayoutError, StoreFullError) as err:  # full: rerun resumes
+        err_console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(EXIT_FAILURE) from None
 
 
@@ -214,7 +229,7 @@ def synth(
         try:
             generate(str(out), config, client=client, progress=update, overwrite=overwrite)
         except FileExistsError as err:
-            err_console.print(f"[red]{err}[/red]")
+            err_console.print(f"[red]{escape(str(err))}[/red]")
             raise typer.Exit(EXIT_USAGE) from None
     console.print(
         f"Wrote {config.mice} animals x {config.weeks} weeks ({size}) to [bold]{out}[/bold] "
@@ -258,6 +273,7 @@ def plan(
     """
     from bonemet_dask.io.catalog import scan_source
     from bonemet_dask.io.catalog_report import catalog_tables
+    from bonemet_dask.io.records import check_records_file
     from bonemet_dask.ops.plan import plan_catalog, plan_published
 
     if profile is not None:
@@ -271,7 +287,7 @@ def plan(
     try:
         catalog = scan_source(src)
     except FileNotFoundError as err:
-        err_console.print(f"[red]{err}[/red]")
+        err_console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(EXIT_FAILURE) from None
     catalog = catalog.select(selection)
     if as_json:
@@ -283,7 +299,9 @@ def plan(
         for table in catalog_tables(catalog, max_problems=max_problems):
             console.print(table)
         console.print(_plan_table(plan_catalog(catalog), "Conversion plan"))
-    if any(not stack.ok for stack in catalog.stacks):
+    records = check_records_file(catalog.fs, catalog.records_path) if catalog.records_path else ()
+    bad_records = any(p.severity != "notice" for p in records)  # logged; convert would exit 3
+    if catalog.left_out or bad_records or any(not stack.ok for stack in catalog.stacks):
         raise typer.Exit(EXIT_QUARANTINED)
 
 
@@ -469,14 +487,19 @@ def verify(
     with _user_errors(), _client(cluster) as client, _progress("Verifying shards") as update:
         result = run_verify(src, store, selection=selection, client=client, progress=update)
     for path in result.missing:
-        err_console.print(f"[red]missing[/red] {path}: not (completely) in the store")
+        folder = result.folders.get(path, "")
+        err_console.print(f"[red]missing[/red] {path}: the source scan folder {folder!r} is not "
+                          "(completely) in the store; convert it (rerun convert)")  # fmt: skip
+    for path, message in result.left_out:
+        err_console.print(f"[red]left out[/red] {path}: {message}")
     for path, index, file, what in result.mismatches[:50]:
         err_console.print(f"[red]differs[/red] {path} slice {index} ({file}): {what}")
     if result.ok:
         console.print(f"OK: {result.checked_slices} slices equal their source PNGs")
         return
     console.print(
-        f"FAILED: {len(result.mismatches)} slices differ, {len(result.missing)} scans missing"
+        f"FAILED: {len(result.mismatches)} slices differ, {len(result.missing)} scans missing, "
+        f"{len(result.left_out)} source paths left out"
     )
     raise typer.Exit(EXIT_FAILURE)
 
@@ -802,7 +825,7 @@ def preview(
             dpi=dpi,
         )
     except KeyError as err:
-        err_console.print(f"[red]{err.args[0]}[/red]")
+        err_console.print(f"[red]{escape(str(err.args[0]))}[/red]")
         raise typer.Exit(EXIT_FAILURE) from None
     console.print(f"wrote {path}")
 
@@ -863,8 +886,8 @@ def _print_quarantine(quarantined: dict[str, list[tuple[str, str]]]) -> None:
     table.add_column("file")
     table.add_column("reason")
     for folder, problems in quarantined.items():
-        for file, reason in problems:
-            table.add_row(folder, file, reason)
+        for file, reason in problems:  # user text: "[p/s]" in a column name is not markup
+            table.add_row(escape(folder), escape(file), escape(reason))
     err_console.print(table)
 
 

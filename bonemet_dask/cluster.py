@@ -1,10 +1,22 @@
 """One entry point to a Dask cluster: embedded, SLURM, PBS, GPU, or an existing scheduler.
 
-Code elsewhere only ever sees a ``distributed.Client``.  The embedded scheduler and every
-dashboard bind to 127.0.0.1 unless the ``bonemet.cluster`` config says otherwise; a SLURM or PBS
+Code elsewhere only ever sees a ``distributed.Client``.  The embedded scheduler (``"local"``,
+``"gpu"``; ``bonemet-dask demo`` and the CLI's ``--cluster local`` use :func:`connect` too), its
+workers, their nannies and every dashboard bind to 127.0.0.1 unless the ``bonemet.cluster``
+config (``scheduler-host``, ``dashboard-address``) or ``dashboard_address=`` says otherwise; a
+dashboard given as a bare port (``":8787"``, ``":0"``), which distributed would bind to every
+interface (0.0.0.0), binds to the scheduler's host (:func:`dashboard_on`).  A SLURM or PBS
 scheduler listens where dask-jobqueue puts it (``interface=`` or ``jobqueue.<kind>.interface``)
-because workers on other nodes must reach it.  Deployment files live in ``cluster/`` at the
-repository root (``cluster/README.md``).
+because workers on other nodes must reach it; its dashboard stays on 127.0.0.1.  Deployment
+files live in ``cluster/`` at the repository root (``cluster/README.md``).
+
+Lost workers: a worker process that dies (killed, out of memory) is restarted by its nanny and
+the scheduler reruns the tasks it held, so a run finishes with the same outputs.  A task that
+kills every worker it runs on is given up after ``distributed.scheduler.allowed-failures`` + 1
+deaths: dask's default, 3, which bonemet-dask does not change (set it in the Dask config before
+the cluster starts, e.g. ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1``).  The stage
+engine then reports that output ``failed``, naming the group and its input scan
+(:mod:`bonemet_dask.ops.engine`).
 """
 
 from __future__ import annotations
@@ -285,7 +297,9 @@ def connect(
         memory each worker process must hold, in place of the budget in :func:`job_layout`.
     dashboard_address : str, optional
         Where the dashboard listens (default ``bonemet.cluster.dashboard-address``, on
-        127.0.0.1); ``":0"`` or ``"127.0.0.1:0"`` picks a free port.
+        127.0.0.1); ``":0"`` or ``"127.0.0.1:0"`` picks a free port.  A bare port binds to the
+        scheduler's host (``bonemet.cluster.scheduler-host``, 127.0.0.1), never to every
+        interface; write ``"0.0.0.0:8787"`` for that.
     cores, memory : int, str, optional
         ``slurm``/``pbs``: cores and memory of one job (default ``jobqueue.<kind>.cores`` and
         ``.memory``; one of the two places must say).  Processes per job =
@@ -349,7 +363,11 @@ def connect(
             f"{', '.join(stray)} only apply to cluster='slurm' or 'pbs' (got cluster={cluster!r})"
         )
     memory_limit = memory_limit or config.get("memory-budget")
-    dashboard_address = dashboard_address or config.get("cluster.dashboard-address")
+    # distributed reads an empty host as every interface: 0.0.0.0 must be written out
+    host = config.get("cluster.scheduler-host") or "127.0.0.1"
+    dashboard_address = dashboard_on(
+        dashboard_address or config.get("cluster.dashboard-address"), host
+    )
     threads = threads_per_worker or config.get("cluster.threads-per-worker") or 1
     if cluster == "local":
         from distributed import LocalCluster
@@ -360,7 +378,7 @@ def connect(
             threads_per_worker=threads,
             processes=True,
             memory_limit=memory_limit,
-            host=config.get("cluster.scheduler-host"),
+            host=host,
             dashboard_address=dashboard_address,
         )
         client = _owning(local)
@@ -374,6 +392,7 @@ def connect(
         gpu = LocalCUDACluster(
             threads_per_worker=threads,
             memory_limit=memory_limit,
+            host=host,
             dashboard_address=dashboard_address,
             resources={"GPU": 1},
         )
@@ -389,6 +408,36 @@ def connect(
         )
     logger.info("%s", dashboard_hint(client))
     return client
+
+
+def dashboard_on(address: str | int | None, host: str | None) -> str | None:
+    """A dashboard address that names its host: a bare port gets ``host`` (default 127.0.0.1).
+
+    distributed binds a dashboard given as a bare port (``":8787"``, ``":0"``, ``8787``) to
+    every interface, 0.0.0.0, whatever the scheduler's host; here it binds to ``host``, the
+    scheduler's.  An address with a host (``"0.0.0.0:8787"``) is kept: that is a choice.
+
+    Parameters
+    ----------
+    address : str, int or None
+        ``"127.0.0.1:8787"``, ``":0"``, ``8787``...; None (no dashboard) is kept.
+    host : str or None
+        The scheduler's host (``bonemet.cluster.scheduler-host``); None is 127.0.0.1.
+
+    Returns
+    -------
+    str or None
+        ``"HOST:PORT"`` (an IPv6 host in brackets), or None.
+    """
+    if address is None:
+        return None
+    text = str(address).strip()
+    if not (text.startswith(":") or text.isdigit()):
+        return text
+    host = host or "127.0.0.1"
+    if ":" in host and not host.startswith("["):  # an IPv6 address
+        host = f"[{host}]"
+    return f"{host}:{text.lstrip(':')}"
 
 
 def dashboard_hint(client: Client) -> str:
@@ -486,7 +535,9 @@ def _connect_jobqueue(
     first, adapt = _job_counts(jobs, n_workers, adapt, layout)
     wait = parse_timedelta(timeout if timeout is not None else config.get("cluster.worker-timeout"))
     scheduler_options = {
-        "dashboard_address": dashboard_address or config.get("cluster.dashboard-address"),
+        "dashboard_address": dashboard_on(
+            dashboard_address or config.get("cluster.dashboard-address"), "127.0.0.1"
+        ),
         **(job_kwargs.pop("scheduler_options", None) or {}),
     }
     job_cluster = cluster_cls(

@@ -7,7 +7,7 @@ nothing, output groups that exist): the CLI prints its message, which names the 
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "UsageError"]
+__all__ = ["StoreError", "StoreFullError", "UsageError"]
 
 
 class UsageError(ValueError):
@@ -16,3 +16,15 @@ class UsageError(ValueError):
 
 class StoreError(UsageError):
     """A store path that does not exist, is not a Zarr store, or cannot be written."""
+
+
+class StoreFullError(OSError):
+    """The disk under a store filled (or a quota ran out) while writing it: exit 1, rerun resumes.
+
+    ``errno`` is that of the original error (``ENOSPC`` or ``EDQUOT``); the message names the
+    store and the fix.
+    """
+
+    def __init__(self, message: str, code: int = 28) -> None:  # 28: ENOSPC
+        super().__init__(message)
+        self.errno = code

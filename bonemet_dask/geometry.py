@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+_GEOMETRY_KEYS = ("Object to Source (mm)", "Camera to Source (mm)", "Camera Pixel Size (um)",
+                  "Camera binning", "Rotation Step (deg)", "Number of Files", "Number of Rows",
+                  "Number of Columns", "Optical Axis (line)", "Postalignment")  # fmt: skip
+"""The ``.log`` keys :meth:`ConeGeometry.from_skyscan_log` reads, checked before use."""
+
+
 @dataclass(frozen=True)
 class ConeGeometry:
     """Circular cone-beam geometry of a flat-panel micro-CT scan.
@@ -92,8 +98,11 @@ class ConeGeometry:
         Raises
         ------
         ValueError
-            Naming each key the log lacks and that no argument supplied.
+            Naming each key the log lacks and that no argument supplied;
+            :class:`~bonemet_dask.io.skyscan_log.SkyScanLogError` (a ValueError) naming each
+            malformed or unphysical value (``Object to Source (mm)='0' must be > 0``...).
         """
+        log.validate(keys=_GEOMETRY_KEYS)  # a 0 or a NaN is named as such, not as "lacks"
         summary = log.summary
         binning = summary.camera_binning or (1, 1)
         values = {

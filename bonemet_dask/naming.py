@@ -10,8 +10,12 @@ Canonical keys used everywhere else in the package:
 
 * component: ``rotation_xray``, ``recon_ct``, ``seg_ct``, ``regist_ct``, ``roi_ct``
 * side: ``left``, ``right``, ``both`` (whole-hindlimb scans)
-* week: a non-negative ``int``
+* week: an ``int`` in ``0..MAX_WEEK``
 * index: the last run of digits in a file stem, an ``int`` (sort numerically, never lexically)
+
+Every parser takes any text and returns None (never raises) for what it does not recognise.  Only
+ASCII digits count, and ids and indices of more than :data:`MAX_ID_DIGITS` digits are refused, so a
+parsed id is a short run of ``0-9`` that cannot leave the store root when joined into a path.
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ SIDES: Final = ("left", "right", "both")
 PER_TIBIA_COMPONENTS: Final = frozenset({"seg_ct", "regist_ct", "roi_ct"})
 """Components stored once per tibia (their scan folders carry a side)."""
 
+MAX_WEEK: Final = 156
+"""The largest week a week folder may name: three years, longer than a laboratory mouse lives.
+
+``week 2024`` (a year typed as a week) or ``week 99999999999999999999`` is a mistake, not a scan.
+"""
+
+MAX_ID_DIGITS: Final = 18
+"""Animal ids and slice indices longer than this (leading zeros aside) are not parsed: every
+such number fits an int64, and text of thousands of digits cannot stall or crash ``int()``."""
+
 # Published folder spellings; the first of each tuple is what the generator writes by default.
 COMPONENT_FOLDERS: Final[dict[str, tuple[str, ...]]] = {
     "rotation_xray": ("1. Rotation-X-ray", "1. Rotation-X-Ray", "Rotation-X-ray"),
@@ -40,20 +54,27 @@ COMPONENT_FOLDERS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 _COMPONENT_RE: Final = re.compile(
-    r"""^\s*(?:\d+\s*[.)_-]?\s*)?            # optional numbered prefix: "1. ", "2) ", "3_"
+    r"""^\s*(?:[0-9]+\s*(?:[.)_-]\s*)?)?     # optional numbered prefix: "1. ", "2) ", "3_"
         (?P<name>rotation[\s_-]*x[\s_-]*rays?|recon[\s_-]*ct|seg[\s_-]*ct|regist[\s_-]*ct|roi[\s_-]*ct)
         \s*$""",
     re.IGNORECASE | re.VERBOSE,
 )
-_WEEK_RE: Final = re.compile(r"^\s*w(?:ee)?k?\s*[_-]?\s*(?P<week>\d+)\s*$", re.IGNORECASE)
-_SCAN_RE: Final = re.compile(
-    r"""^\s*(?P<mouse>\d+)                       # leading integer id
+# "week 3", "Week_3", "week-3", "wk 3", "w3": a "-" glued to the word (or spaced on both sides) is
+# a separator; "week -1" (a minus sign before the digits) is a negative week, not week 1.
+_WEEK_RE: Final = re.compile(
+    r"^\s*w(?:ee)?k?(?:\s*_\s*|-\s*|\s*-\s+|\s*)(?P<week>[0-9]+)\s*$", re.IGNORECASE
+)
+_WEEK_LIKE_RE: Final = re.compile(
+    r"^\s*w(?:ee)?k?[\s_-]*?(?P<sign>[-+]?)(?P<week>[0-9]+)\s*$", re.IGNORECASE
+)
+_SCAN_RE: Final = re.compile(  # matched against the stripped name: no nested \s* to backtrack
+    r"""^(?P<mouse>[0-9]+)                       # leading integer id (ASCII digits)
         (?:(?P<suffix>[LRlr])(?![A-Za-z]))?       # optional side letter glued to it ("851L")
-        \s*(?P<rest>.*?)\s*$""",
-    re.VERBOSE,
+        (?P<rest>.*)$""",
+    re.VERBOSE | re.DOTALL,
 )
 _SIDE_WORD_RE: Final = re.compile(r"\b(?P<side>left|right)\b", re.IGNORECASE)
-_DIGITS_RE: Final = re.compile(r"\d+")
+_DIGITS_RE: Final = re.compile(r"[0-9]+")
 
 
 def parse_component(folder_name: str) -> str | None:
@@ -80,10 +101,57 @@ def parse_component(folder_name: str) -> str | None:
     ]
 
 
+def _short_int(digits: str) -> int | None:
+    """``int(digits)``, or None when it has more than :data:`MAX_ID_DIGITS` significant digits."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= MAX_ID_DIGITS else None
+
+
 def parse_week(folder_name: str) -> int | None:
-    """Return the week of a folder name (``"week 0"``, ``"Week 11"``, ``"week_3"``), or None."""
+    """Return the week of a folder name (``"week 0"``, ``"Week 11"``, ``"week_3"``), or None.
+
+    Parameters
+    ----------
+    folder_name : str
+        One path segment.
+
+    Returns
+    -------
+    int or None
+        The week, in ``0..MAX_WEEK``; None when the name is not a week folder or names a week
+        outside that range (``"week -1"``, ``"week 2024"``: see :func:`invalid_week`).
+    """
     match = _WEEK_RE.match(folder_name)
-    return int(match.group("week")) if match else None
+    week = _short_int(match.group("week")) if match else None
+    return week if week is not None and week <= MAX_WEEK else None
+
+
+def invalid_week(folder_name: str) -> str | None:
+    """Say why a folder named like a week folder names no valid week, or return None.
+
+    Parameters
+    ----------
+    folder_name : str
+        One path segment.
+
+    Returns
+    -------
+    str or None
+        E.g. ``"week -1 is negative"`` for ``"week -1"`` or ``"week 2024 is above 156"``; None when
+        the name is a valid week (:func:`parse_week` gives it) or not week-shaped at all.
+    """
+    if parse_week(folder_name) is not None:
+        return None
+    match = _WEEK_LIKE_RE.match(folder_name)
+    if match is None:
+        return None
+    digits = match.group("week")
+    shown = digits if len(digits) <= 24 else f"{digits[:12]}...({len(digits)} digits)"
+    if match.group("sign") == "-" and digits.strip("0"):
+        return f"week -{shown} is negative"
+    if _WEEK_RE.match(folder_name) is None:
+        return f"{folder_name.strip()!r} is not 'week <number>'"
+    return f"week {shown} is above {MAX_WEEK}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +187,13 @@ def parse_scan_folder(folder_name: str) -> ScanName | None:
     Returns
     -------
     ScanName or None
-        None when the name does not start with an integer id or names two different sides.
+        None when the name does not start with an integer id (ASCII digits, at most
+        :data:`MAX_ID_DIGITS` of them after leading zeros) or names two different sides.
     """
-    match = _SCAN_RE.match(folder_name)
-    if match is None:
+    match = _SCAN_RE.match(folder_name.strip())
+    if match is None or _short_int(match.group("mouse")) is None:
         return None
-    suffix, rest = match.group("suffix"), match.group("rest")
+    suffix, rest = match.group("suffix"), match.group("rest").strip()
     sides = set()
     if suffix:
         sides.add("left" if suffix in "Ll" else "right")
@@ -138,11 +207,12 @@ def parse_scan_folder(folder_name: str) -> ScanName | None:
 def parse_index(file_name: str) -> int | None:
     """Return the slice or projection index of a file: the last run of digits in its stem.
 
-    ``"851_rec00001234.png"`` gives 1234, ``"851_0007.png"`` gives 7, ``"scan.png"`` gives None.
+    ``"851_rec00001234.png"`` gives 1234, ``"851_0007.png"`` gives 7, ``"scan.png"`` gives None,
+    and so does a last run of more than :data:`MAX_ID_DIGITS` significant digits (no real index).
     """
     stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
     runs = _DIGITS_RE.findall(stem)
-    return int(runs[-1]) if runs else None
+    return _short_int(runs[-1]) if runs else None
 
 
 def sanitize_segment(name: str) -> str:
@@ -210,8 +280,8 @@ def scan_folder_name(component: str, mouse: str, side: str, *, variant: int = 0)
 
 def week_folder_name(week: int, *, variant: int = 0) -> str:
     """``"week 0"`` (canonical) or, for variants, ``"Week 0"``."""
-    if week < 0:
-        raise ValueError(f"week={week} must be >= 0")
+    if not 0 <= week <= MAX_WEEK:
+        raise ValueError(f"week={week} must be in 0..{MAX_WEEK}; weeks count from 0")
     return (f"week {week}", f"Week {week}")[variant % 2]
 
 

@@ -61,7 +61,7 @@ def test_index_is_last_digit_run_and_sorts_numerically():
     component=st.sampled_from(naming.COMPONENTS),
     side=st.sampled_from(["left", "right"]),
     variant=st.integers(0, 10),
-    week=st.integers(0, 60),
+    week=st.integers(0, naming.MAX_WEEK),
     index=st.integers(0, 10**7),
 )
 def test_writers_round_trip_through_parsers(mouse, component, side, variant, week, index):
@@ -82,6 +82,51 @@ def test_writer_errors_name_the_argument():
         naming.scan_folder_name("seg_ct", "851", "both")
     with pytest.raises(ValueError, match="week=-1"):
         naming.week_folder_name(-1)
+    with pytest.raises(ValueError, match=f"0..{naming.MAX_WEEK}"):
+        naming.week_folder_name(naming.MAX_WEEK + 1)
+
+
+@pytest.mark.parametrize(
+    ("folder", "week"),
+    [("week 0", 0), ("Week 11", 11), ("week_3", 3), ("week-3", 3), ("week - 3", 3), ("wk 3", 3),
+     ("w3", 3), ("week 007", 7), (f"week {naming.MAX_WEEK}", naming.MAX_WEEK)],
+)  # fmt: skip
+def test_parse_week(folder, week):
+    assert naming.parse_week(folder) == week
+    assert naming.invalid_week(folder) is None
+
+
+@pytest.mark.parametrize(
+    ("folder", "reason"),
+    [
+        ("week -1", "week -1 is negative"),
+        ("Week_-2", "week -2 is negative"),
+        ("week 99999999999999999999", f"week 99999999999999999999 is above {naming.MAX_WEEK}"),
+        (f"week {naming.MAX_WEEK + 1}", f"is above {naming.MAX_WEEK}"),
+        ("week 2024", "week 2024 is above"),
+        ("week +3", "is not 'week <number>'"),
+    ],
+)
+def test_weeks_out_of_range_are_refused_with_a_reason(folder, reason):
+    assert naming.parse_week(folder) is None
+    assert reason in naming.invalid_week(folder)
+
+
+@pytest.mark.parametrize("folder", ["weekday", "week 1.5", "851", "", "week"])
+def test_not_week_shaped(folder):
+    assert naming.parse_week(folder) is None and naming.invalid_week(folder) is None
+
+
+def test_ids_and_indices_are_short_ascii_digit_runs():
+    longest = "9" * naming.MAX_ID_DIGITS
+    assert naming.parse_index(f"x_{longest}.png") == int(longest)
+    assert naming.parse_index(f"x_0000{longest}.png") == int(longest)  # leading zeros are free
+    assert naming.parse_index(f"x_1{longest}.png") is None
+    assert naming.parse_index("x_" + "1" * 5000 + ".png") is None  # int() would raise here
+    assert naming.parse_index("x_\u0663.png") is None  # Arabic-Indic digits are not an index
+    assert naming.parse_scan_folder(f"{longest} left tibia").mouse == longest
+    assert naming.parse_scan_folder(f"1{longest} left tibia") is None
+    assert naming.parse_scan_folder("\u0663\u0665\u0661 left tibia") is None
 
 
 def test_sanitize_segment():

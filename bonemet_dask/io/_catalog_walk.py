@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Final
 
+from bonemet_dask.io._tree_listing import Listing, Skipped
 from bonemet_dask.io.catalog import (
     LAYOUT_HINT,
     ImageFile,
@@ -21,10 +22,18 @@ from bonemet_dask.io.catalog import (
     expected_file_count,
     stack_sort_key,
 )
-from bonemet_dask.io.png_header import PngHeader, PngHeaderError, read_png_headers
+from bonemet_dask.io.png_header import (
+    COLOUR_TYPE_NAMES,
+    CONVERTIBLE_COLOUR_TYPES,
+    PngHeader,
+    PngHeaderError,
+    read_png_headers,
+)
+from bonemet_dask.io.skyscan_check import check_skyscan_log
 from bonemet_dask.io.skyscan_log import SkyScanLog, parse_skyscan_log
 from bonemet_dask.naming import (
     PER_TIBIA_COMPONENTS,
+    invalid_week,
     parse_component,
     parse_index,
     parse_scan_folder,
@@ -43,26 +52,25 @@ _Pending = tuple[str, str, str, str]
 class Walk:
     """Classifies the folders of one listing and assembles the stacks."""
 
-    def __init__(self, fs: Any, root_path: str, listing: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(self, fs: Any, root_path: str, listing: Listing) -> None:
         self.fs, self.root_path = fs, root_path
-        self.problems: list[Problem] = []
+        self.problems = [Problem.of("zarr-store", f, marker=m) for f, m in listing.stores]
+        self.left_out: list[Problem] = []  # the tree-level problems that lose image data
         self.files: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        dirs, records = {root_path}, []
-        for name, info in listing.items():
-            path = str(info.get("name", name)).rstrip("/")
+        self.skipped = [s for s in listing.skipped if self._inside(s.path)]
+        dirs, records = {root_path, *filter(self._inside, listing.dirs)}, []
+        for path, size in sorted(listing.files.items()):
             if not self._inside(path):
                 continue
-            if info.get("type") == "directory":
-                dirs.add(path)
-                continue
             parent = posixpath.dirname(path)
-            self.files[parent].append((path, int(info.get("size") or 0)))
+            self.files[parent].append((path, size))
             folder_name = "".join(posixpath.basename(parent).lower().split())
             if posixpath.basename(path).lower() == "record.csv" and "medirec" in folder_name:
                 records.append(path)
-            while self._inside(parent) and parent not in dirs:
-                dirs.add(parent)
-                parent = posixpath.dirname(parent)
+        for path in [*self.files, *(posixpath.dirname(s.path) for s in self.skipped)]:
+            while self._inside(path) and path not in dirs:
+                dirs.add(path)
+                path = posixpath.dirname(path)
         self.dirs = sorted(dirs)
         if len(records) > 1:
             logger.warning("several record.csv found, using %s: %s", min(records), records)
@@ -78,6 +86,7 @@ class Walk:
     ) -> tuple[Stack, ...]:
         pending: list[_Pending] = []
         broken: dict[str, int] = {}  # topmost folder that breaks the layout -> files skipped
+        bad_weeks: dict[str, tuple[str, int]] = {}  # the same, for a week out of range
         found_component = False
         for folder in self.dirs:
             rel = folder[len(self.root_path) :].strip("/") if folder != self.root_path else ""
@@ -94,13 +103,21 @@ class Walk:
                 top = folder
                 for _ in range(len(after) - level):
                     top = posixpath.dirname(top)
-                broken[top] = broken.get(top, 0) + len(files)
+                reason = invalid_week(after[level - 1]) if level <= 2 else None
+                if reason is not None:
+                    bad_weeks[top] = (reason, bad_weeks.get(top, ("", 0))[1] + len(files))
+                else:
+                    broken[top] = broken.get(top, 0) + len(files)
             elif len(after) == 2:
                 scan, week = after if parse_week(after[1]) is not None else after[::-1]
                 pending.append((folder, component, scan, week))
             else:
                 self._loose_files(folder, files)
-        self.problems += [Problem.of("unparseable-path", t, n=n) for t, n in broken.items()]
+        for top, n in broken.items():
+            self._tree_problem(Problem.of("unparseable-path", top, n=n), lost=n > 0)
+        for top, (reason, n) in bad_weeks.items():
+            self._tree_problem(Problem.of("bad-week", top, reason=reason, n=n), lost=n > 0)
+        slices = self._sort_skipped({p[0] for p in pending})
         if not found_component:
             self.problems.append(
                 Problem(
@@ -116,22 +133,48 @@ class Walk:
         headers = self._read_headers(pending) if read_headers else {}
         logs = self._read_logs(pending)
         built = [
-            _build_stack(p, self.files.get(p[0], []), headers, logs, max_pixels) for p in pending
+            _build_stack(p, self.files.get(p[0], []), headers, logs, max_pixels, slices.get(p[0]))
+            for p in pending
         ]
         return tuple(sorted(_flag_duplicates(built), key=stack_sort_key))
+
+    def _tree_problem(self, problem: Problem, *, lost: bool) -> None:
+        """Report a tree-level problem; ``lost``: it leaves image data out (Catalog.left_out)."""
+        self.problems.append(problem)
+        if lost:
+            self.left_out.append(problem)
+
+    def _under_component(self, path: str) -> bool:
+        rel = path[len(self.root_path) :].strip("/")
+        segments = [posixpath.basename(self.root_path), *rel.split("/")]
+        return any(parse_component(segment) for segment in segments)
+
+    def _sort_skipped(self, stack_folders: set[str]) -> dict[str, list[Skipped]]:
+        """Report the entries the listing left out; return those named like slices, by stack."""
+        slices: dict[str, list[Skipped]] = defaultdict(list)
+        for entry in self.skipped:
+            folder = posixpath.dirname(entry.path)
+            if folder in stack_folders and _is_png(entry.path):
+                slices[folder].append(entry)
+                continue
+            field = {"not-regular-file": "what", "unreadable-entry": "reason"}.get(
+                entry.kind, "target"
+            )
+            problem = Problem.of(entry.kind, entry.path, **{field: entry.detail})
+            self._tree_problem(problem, lost=self._under_component(entry.path))
+        return slices
 
     def _loose_files(self, folder: str, files: list[tuple[str, int]]) -> None:
         n_png = sum(_is_png(p) for p, _ in files)
         if n_png:
-            self.problems.append(
-                Problem(
-                    "warning",
-                    "unparseable-path",
-                    folder,
-                    f"folder {folder!r} holds {n_png} PNG file(s) outside a week folder; expected "
-                    f"{LAYOUT_HINT}: move them into one",
-                )
+            problem = Problem(
+                "warning",
+                "unparseable-path",
+                folder,
+                f"folder {folder!r} holds {n_png} PNG file(s) outside a week folder; expected "
+                f"{LAYOUT_HINT}: move them into one",
             )
+            self._tree_problem(problem, lost=True)
         self.problems += [Problem.of("stray-file", p) for p, _ in files if not _is_png(p)]
 
     def _read_headers(self, pending: list[_Pending]) -> dict[str, PngHeader | PngHeaderError]:
@@ -159,6 +202,18 @@ class Walk:
             except Exception as exc:  # a filesystem whose batched cat fails as a whole
                 out.update(dict.fromkeys(batch, exc))
         return out
+
+
+_SLICE_SKIPS: Final[dict[str, tuple[str, str]]] = {  # kind -> (why, with {} the detail; fix)
+    "link-outside": ("is a symbolic link to {!r}, outside the source tree (not followed)",
+                     "copy the file into the tree or scan with follow_symlinks=True"),
+    "broken-link": ("is a symbolic link to {!r}, which does not exist",
+                    "restore the file or remove the link"),
+    "link-loop": ("is a symbolic link that loops ({!r})", "remove the link"),
+    "not-regular-file": ("is a {}, not a regular file (never opened: reading it could block)",
+                         "remove it or put the real slice in its place"),
+    "unreadable-entry": ("could not be examined ({})", "check its permissions"),
+}  # fmt: skip
 
 
 def _is_png(path: str) -> bool:
@@ -208,6 +263,7 @@ def _build_stack(
     headers: Mapping[str, PngHeader | PngHeaderError],
     logs: Mapping[str, bytes | Exception],
     max_pixels: int,
+    skipped: list[Skipped] | None = None,
 ) -> Stack:
     folder, component, scan_name, week_name = pending
     scan, week = parse_scan_folder(scan_name), parse_week(week_name)
@@ -234,7 +290,15 @@ def _build_stack(
         if claimed is not None and claimed.n_pixels > max_pixels:
             w, h, n = claimed.width, claimed.height, claimed.n_pixels
             problems.append(Problem.of("pixel-limit", path, w=w, h=h, n=n, limit=max_pixels))
+        elif header is not None and not header.fits_in(size):
+            w, h, d = header.width, header.height, header.bit_depth
+            problems.append(Problem.of("too-small", path, nbytes=size, w=w, h=h, d=d))
         images.append(ImageFile(path, index, size, header))
+    for entry in skipped or ():
+        why, fix = _SLICE_SKIPS[entry.kind]
+        problems.append(
+            Problem.of("skipped-slice", entry.path, why=why.format(entry.detail), fix=fix)
+        )
     images.sort(key=lambda f: (f.index, f.path))
     if n_png == 0:
         problems.append(Problem.of("empty-stack", folder))
@@ -316,6 +380,17 @@ def _header_problems(images: list[ImageFile], max_pixels: int) -> list[Problem]:
             for path, h in usable
             if (h.width, h.height) != (tw, th)
         ]
+    unsupported: dict[int, list[str]] = defaultdict(list)
+    for path, h in usable:
+        if h.colour_type not in CONVERTIBLE_COLOUR_TYPES:
+            unsupported[h.colour_type].append(path)
+    for colour, paths in sorted(unsupported.items()):
+        what = COLOUR_TYPE_NAMES[colour]
+        folder = posixpath.dirname(paths[0])
+        first = posixpath.basename(min(paths))
+        problems.append(
+            Problem.of("unsupported-format", folder, n=len(paths), what=what, c=colour, first=first)
+        )
     formats = Counter((h.bit_depth, h.colour_type) for _, h in usable)
     if len(formats) > 1:
         (td, tc), _ = formats.most_common(1)[0]
@@ -333,9 +408,13 @@ def _load_log(
     if not isinstance(blob, bytes | bytearray):
         reason = f"{type(blob).__name__}: {blob}" if blob is not None else "was not fetched"
         return None, Problem.of("unreadable-log", path, reason=f"could not be read ({reason})")
-    log = parse_skyscan_log(bytes(blob))
+    log = parse_skyscan_log(bytes(blob), source=path)
     if len(log) == 0:
-        return None, Problem.of("unreadable-log", path, reason="holds no 'Key=Value' line")
+        reason = "is empty" if not bytes(blob).strip() else "holds no 'Key=Value' line"
+        return None, Problem.of("unreadable-log", path, reason=reason)
+    issues = check_skyscan_log(log)  # unphysical values: this scan only is quarantined
+    if issues:
+        return None, Problem.of("invalid-log", path, reason="; ".join(i.reason for i in issues))
     return log, None
 
 

@@ -4,7 +4,12 @@
 files by folder, reads the 33-byte PNG headers of all slices in one batched call and the ``.log``
 beside each stack, and checks each stack (numbering, shapes, formats, decompression bombs, log file
 counts). Problems are data (:class:`Problem`), never exceptions: the catalog of a damaged tree is
-still a catalog, and ``convert`` decides what to quarantine from :attr:`Stack.ok`.
+still a catalog, and ``convert`` decides what to quarantine from :attr:`Stack.ok` and
+:attr:`Catalog.left_out`.
+
+Nothing is opened before it is known to be a regular file: a local tree is walked with ``lstat``
+(a FIFO named like a slice would block the first ``open`` forever), links are followed only where
+they stay inside the tree, and whatever is left out is reported (see :data:`PROBLEM_KINDS`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ from bonemet_dask.io.png_header import PngHeader
 from bonemet_dask.io.skyscan_log import SkyScanLog, SkyScanLogError
 from bonemet_dask.naming import (
     COMPONENTS,
+    MAX_WEEK,
     PER_TIBIA_COMPONENTS,
     SIDES,
+    parse_component,
+    parse_scan_folder,
+    parse_week,
 )
 from bonemet_dask.selection import Selection
 
@@ -30,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LAYOUT_HINT",
+    "LEFT_OUT_KINDS",
     "PROBLEM_KINDS",
     "PROBLEM_SEVERITY",
     "Catalog",
@@ -68,7 +78,9 @@ _KINDS: Final[dict[str, tuple[Severity, str]]] = {
                      "stack have bit depth {td}, colour type {tc}; re-export it in that format"),
     "count-mismatch": ("warning", "folder {path!r} holds {n} PNG file(s) but {log!r} announces "
                        "{expected}; check for missing or extra files"),
-    "unreadable-log": ("warning", "{path!r} {reason}; geometry and file count are unknown"),
+    "unreadable-log": ("error", "{path!r} {reason}; the scan's voxel size and geometry are "
+                       "unknown: replace it with the scanner's original .log"),
+    "invalid-log": ("error", "{path!r}: {reason}"),
     "duplicate-scan": ("error", "scan {key} in {path!r} is also in {others}; keep one folder and "
                        "remove or rename the others"),
     "pixel-limit": ("error", "{path!r} claims {w}x{h} (width x height) = {n} pixels, more than "
@@ -76,7 +88,37 @@ _KINDS: Final[dict[str, tuple[Severity, str]]] = {
                     "raise max_pixels"),
     "missing-side": ("error", "scan folder {name!r} of component {component!r} names no side; "
                      "rename it, e.g. '{mouse} left tibia'"),
+    "bad-week": ("warning", "folder {path!r} is named like a week folder but {reason}: weeks are "
+                 f"whole numbers 0..{MAX_WEEK}; {{n}} file(s) under it skipped: rename it, "
+                 "e.g. 'week 0'"),
+    "link-outside": ("warning", "{path!r} is a symbolic link to {target!r}, outside the source "
+                     "tree: not followed, so what it holds is left out; copy it into the tree "
+                     "or scan with follow_symlinks=True"),
+    "broken-link": ("warning", "{path!r} is a symbolic link to {target!r}, which does not exist: "
+                    "skipped; restore the target or remove the link"),
+    "link-loop": ("warning", "{path!r} is a symbolic link to {target!r}, a folder above it (a "
+                  "loop): not followed; remove the link"),
+    "not-regular-file": ("warning", "{path!r} is a {what}, not a regular file: never opened "
+                         "(reading it could block); remove it"),
+    "unreadable-entry": ("warning", "{path!r} could not be listed ({reason}): what it holds is "
+                         "left out; check its permissions"),
+    "skipped-slice": ("error", "{path!r} is named like a slice of this stack but {why}; the stack "
+                      "would be converted without it: {fix}"),
+    "zarr-store": ("info", "{path!r} is a Zarr store or group (it holds {marker!r}), not image "
+                   "stacks: not scanned"),
+    "unsupported-format": ("error", "folder {path!r}: {n} slice(s) are {what} PNGs (colour type "
+                           "{c}, first {first!r}), which convert refuses: only single-channel "
+                           "greyscale PNG is converted; convert them to greyscale first"),
+    "too-small": ("error", "{path!r} is {nbytes} bytes, too few for the {w}x{h} {d}-bit image "
+                  "its header claims (PNG compresses at most 1032:1): it is truncated or a "
+                  "decompression bomb; re-copy it from the source or remove it"),
 }  # fmt: skip
+
+LEFT_OUT_KINDS: Final = frozenset({
+    "unparseable-path", "bad-week", "link-outside", "broken-link", "link-loop",
+    "not-regular-file", "unreadable-entry",
+})  # fmt: skip
+"""Tree-level kinds that can mean image data left out of the catalog (see Catalog.left_out)."""
 
 PROBLEM_KINDS: Final = tuple(_KINDS)
 """Every problem kind :func:`scan_source` reports, with its severity (see PROBLEM_SEVERITY).
@@ -90,9 +132,24 @@ one index (``x_0001.png``, ``x_001.png``). ``missing-index`` (error): gaps in mi
 truncated, bad IHDR CRC, invalid IHDR or unreadable. ``mixed-shape`` / ``mixed-format`` (error): a
 slice whose size / bit depth and colour type differ from most of its stack. ``count-mismatch``
 (warning): file count differs from the ``.log`` (see :func:`expected_file_count`).
-``unreadable-log`` (warning). ``duplicate-scan`` (error, on every copy): one (component, mouse,
-side, week) in two folders. ``pixel-limit`` (error): IHDR width*height > ``max_pixels``, never
-decoded. ``missing-side`` (error): a per-tibia component's scan folder names no side.
+``unreadable-log`` (error): not read, too big, empty or no ``Key=Value`` line. ``invalid-log``
+(error): binary, or a value unphysical or malformed (``skyscan_log.check_skyscan_log``: pixel
+size <= 0, Object to Source >= Camera to Source...). ``duplicate-scan`` (error, on every copy):
+one (component, mouse, side, week) in two folders. ``pixel-limit`` (error): IHDR width*height >
+``max_pixels``, never decoded. ``missing-side`` (error): a per-tibia component's scan folder
+names no side.
+``bad-week`` (warning): a folder named like a week folder whose week is negative or above
+:data:`~bonemet_dask.naming.MAX_WEEK` (``week -1``), skipped.
+``link-outside`` / ``broken-link`` / ``link-loop`` (warning): a symbolic link not followed (its
+target is outside the tree and ``follow_symlinks`` is False / does not exist / is a folder above
+it). ``not-regular-file`` (warning): a FIFO, socket, device, or a folder named like a PNG; never
+opened. ``unreadable-entry`` (warning): a folder or entry that could not be listed.
+``skipped-slice`` (error): any of those five, named like a PNG, in a stack folder.
+``zarr-store`` (info): a Zarr store or group inside the tree, not scanned.
+``unsupported-format`` (error): slices of a colour type other than greyscale (RGB, palette,
+grey+alpha, RGBA), which ``convert``'s decoder refuses; one problem per stack and colour type.
+``too-small`` (error): a file too small to hold the image its header claims (``convert``'s
+decoder refuses it as truncated).
 """
 
 PROBLEM_SEVERITY: Final[Mapping[str, Severity]] = {k: v[0] for k, v in _KINDS.items()}
@@ -263,6 +320,13 @@ class Catalog:
         The root as the filesystem spells it; every path in the catalog starts with it.
     fs : fsspec.AbstractFileSystem or None
         The filesystem of the tree, to read the files with.
+    left_out : tuple of Problem
+        The tree-level problems (of :data:`LEFT_OUT_KINDS`) of paths under a component folder
+        that hold, or may hold, image data the catalog could not take: a folder outside the
+        layout with files, a week out of range, a link not followed, a special file, an
+        unreadable folder.  ``convert`` reports each as quarantined and ``verify`` fails on
+        them, so nothing under a component is dropped silently.  :meth:`select` keeps those
+        whose scan (as far as the path names one) is selected.
     """
 
     root: str
@@ -271,6 +335,7 @@ class Catalog:
     records_path: str | None = None
     root_path: str = ""
     fs: Any = field(default=None, repr=False, compare=False)
+    left_out: tuple[Problem, ...] = ()
 
     def __len__(self) -> int:
         return len(self.stacks)
@@ -316,7 +381,8 @@ class Catalog:
         Returns
         -------
         Catalog
-            Same root and tree-level problems; only matching stacks. None means no restriction.
+            Same root and tree-level problems; only matching stacks and the matching entries of
+            :attr:`left_out`. None means no restriction.
 
         Raises
         ------
@@ -329,7 +395,40 @@ class Catalog:
             for s in self.stacks
             if chosen.matches(mouse=s.mouse, side=s.side, week=s.week, component=s.component)
         )
-        return replace(self, stacks=kept)
+        left_out = tuple(p for p in self.left_out if chosen.matches(**self.path_key(p.path)))
+        return replace(self, stacks=kept, left_out=left_out)
+
+    def path_key(self, path: str) -> dict[str, Any]:
+        """Return what a path names of a scan: ``component``, ``mouse``, ``side``, ``week``.
+
+        Parameters
+        ----------
+        path : str
+            A path under the root, e.g. of a problem.
+
+        Returns
+        -------
+        dict
+            Keyword arguments for :meth:`~bonemet_dask.selection.Selection.matches`: only the
+            keys the path's folders name (the last component folder and the two folders after
+            it); empty when no component folder is on the path.
+        """
+        rel = self.relpath(path)
+        root_name = self.root_path.rstrip("/").rsplit("/", 1)[-1]
+        segments = [root_name, *([] if rel == "." else rel.split("/"))]
+        found = [(i, c) for i, seg in enumerate(segments) if (c := parse_component(seg))]
+        if not found:
+            return {}
+        position, component = found[-1]
+        key: dict[str, Any] = {"component": component}
+        for segment in segments[position + 1 : position + 3]:
+            week = parse_week(segment)
+            scan = None if week is not None or "mouse" in key else parse_scan_folder(segment)
+            if week is not None and "week" not in key:
+                key["week"] = week
+            elif scan is not None:
+                key |= {"mouse": scan.mouse, "side": scan.side}
+        return key
 
     def to_dataframe(self) -> pd.DataFrame:
         """Return one row per stack: key, sizes, slice size, dtype, index range, problems."""
@@ -417,6 +516,7 @@ def scan_source(
     read_headers: bool = True,
     max_pixels: int = 2**31,
     mice: Any = None,
+    follow_symlinks: bool = False,
 ) -> Catalog:
     """Find and check every image stack of a BoneMet tree.
 
@@ -436,6 +536,11 @@ def scan_source(
         rule: ``"851-860"``, ``[851, 852]``...): the tree is listed whole, but only their
         headers and ``.log`` files are read, and only their stacks are in the catalog.  What a
         job-array task of a few mice needs from a tree of a thousand.
+    follow_symlinks : bool, default False
+        Also follow symbolic links whose target lies outside the tree.  Links that stay inside
+        are always followed (their contents are cataloged under the link's path); a link not
+        followed, a broken link and a link loop are reported (``link-outside``, ``broken-link``,
+        ``link-loop``) and never silently dropped.
 
     Returns
     -------
@@ -467,7 +572,9 @@ def scan_source(
                 f"root={root_str!r} is a file; pass the folder holding 'Imagery_Dataset' "
                 "or a component folder such as '2. Recon-CT'"
             )
-        listing = fs.find(root_path, withdirs=True, detail=True)
+        from bonemet_dask.io._tree_listing import list_tree
+
+        listing = list_tree(fs, root_path, follow_symlinks=follow_symlinks)
     except (FileNotFoundError, NotADirectoryError):
         raise
     except OSError as exc:
@@ -482,4 +589,12 @@ def scan_source(
         keys = Selection.of(None, mice=mice).mice
         chosen = None if keys is None else frozenset(keys)
     stacks = walk.stacks(read_headers=read_headers, max_pixels=max_pixels, mice=chosen)
-    return Catalog(root_str, stacks, tuple(walk.problems), walk.records_path, root_path, fs)
+    return Catalog(
+        root_str,
+        stacks,
+        tuple(walk.problems),
+        walk.records_path,
+        root_path,
+        fs,
+        left_out=tuple(walk.left_out),
+    )

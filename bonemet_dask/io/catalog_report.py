@@ -33,8 +33,10 @@ def catalog_tables(catalog: Catalog, *, max_problems: int = 50) -> list[Table]:
     -------
     list of rich.table.Table
         ``[summary, problems]``: per component scans, subjects, files, size, typical stack shape,
-        dtype and problems, with a totals row; then the problems, errors first, each with its
-        severity (coloured), kind, path relative to the root and message.
+        dtype and problems, with a totals row and a caption counting the scans that would be
+        quarantined and the paths left out (:attr:`~bonemet_dask.io.catalog.Catalog.left_out`);
+        then the problems, errors first, each with its severity (coloured), kind, path relative
+        to the root and message.
 
     Raises
     ------
@@ -101,9 +103,11 @@ def _summary_table(catalog: Catalog) -> Table:
         _format_counts(all_counts),
     )
     n_bad = sum(not s.ok for s in stacks)
+    n_out = len(catalog.left_out)
     table.caption = (
         f"{len(stacks) - n_bad} of {len(stacks)} scans ok"
         + (f"; {n_bad} would be quarantined" if n_bad else "")
+        + (f"; {n_out} path(s) under a component left out (see Problems)" if n_out else "")
         + (f"; records: {catalog.relpath(catalog.records_path)}" if catalog.records_path else "")
     )
     return table

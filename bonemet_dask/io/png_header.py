@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 __all__ = [
+    "COLOUR_TYPE_NAMES",
+    "CONVERTIBLE_COLOUR_TYPES",
     "HEADER_NBYTES",
     "PNG_IEND",
     "PNG_SIGNATURE",
@@ -47,6 +49,28 @@ _ALLOWED_BIT_DEPTHS: Final[dict[int, tuple[int, ...]]] = {
     6: (8, 16),  # truecolour + alpha (RGBA)
 }
 _CHANNELS: Final[dict[int, int]] = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+COLOUR_TYPE_NAMES: Final[dict[int, str]] = {
+    0: "greyscale",
+    2: "RGB",
+    3: "palette (indexed colour)",
+    4: "greyscale+alpha",
+    6: "RGBA",
+}
+"""The PNG colour types, as :mod:`bonemet_dask.kernels.png_decode` names them in its errors."""
+
+CONVERTIBLE_COLOUR_TYPES: Final = (0,)
+"""Colour types ``convert`` decodes: greyscale only.  Its decoder
+(:func:`bonemet_dask.kernels.png_decode.decode_png`) refuses RGB, grey+alpha and RGBA, and a
+palette image, which libpng always expands to RGB (or RGBA)."""
+
+# What png_decode refuses before inflating (its _MAX_INFLATE_RATIO and _INFLATE_SLACK): deflate
+# expands at most 1032:1, so IDAT must hold at least (unfiltered bytes - 1024) / 1032 bytes.
+_MAX_INFLATE_RATIO: Final = 1032
+_INFLATE_SLACK: Final = 1024
+# Bytes of any PNG besides its IDAT data: signature 8, IHDR 25, one IDAT's length/type/CRC 12,
+# IEND 12.
+_PNG_OVERHEAD: Final = 57
 _MAX_DIMENSION: Final = 2**31 - 1
 _BATCH: Final = 4096
 
@@ -125,6 +149,25 @@ class PngHeader:
     def decoded_nbytes(self) -> int:
         """Bytes of the decoded image: pixels x channels x (1 or 2)."""
         return self.n_pixels * self.channels * (2 if self.bit_depth == 16 else 1)
+
+    def fits_in(self, nbytes: int) -> bool:
+        """Whether a PNG file of ``nbytes`` bytes can hold this image.
+
+        Parameters
+        ----------
+        nbytes : int
+            The file's size.
+
+        Returns
+        -------
+        bool
+            False when even the whole file, taken as compressed data, is too small to inflate
+            to ``height * ceil(width * bit_depth / 8)`` bytes at deflate's best ratio (1032:1):
+            exactly the files :func:`~bonemet_dask.kernels.png_decode.decode_png` refuses as
+            truncated before inflating, whatever their IDAT holds.
+        """
+        least = self.height * ((self.width * self.bit_depth + 7) // 8)
+        return least <= _MAX_INFLATE_RATIO * max(0, nbytes - _PNG_OVERHEAD) + _INFLATE_SLACK
 
 
 def parse_png_header(data: bytes, *, path: str | None = None) -> PngHeader:

@@ -13,16 +13,16 @@ Layout. Level ``k`` of an image group is the array ``level{k}/0`` (one subgroup 
 ``xr.open_zarr`` of the image group sees one consistent set of dims; the OME ``multiscales``
 datasets name the paths). Level ``k`` of a label image (``labels/mask``, ``labels/composite``)
 is the array ``k`` beside its ``0``, the usual OME-Zarr layout: ome-zarr-models (1.7) validates
-a label's levels only by their names in the label group, and rejects ``level{k}/0`` there.
-A level group also holds the level's coordinate arrays (micrometres of the pixel centres), so
-``xr.open_zarr(store, group=".../level2")`` is labelled too. A level's chunks are ``(64, 256, 256)`` (projections
-``(8, 128, full)``) clipped to the level; one shard spans the level's whole y/x and as many
-slices as keep the task's input near :data:`TASK_INPUT_BYTES`, a multiple of the chunk depth.
-A task therefore reads whole chunks of the level above (``2 x`` its slices: whole shards there)
-and writes one whole shard, then its done-marker (a chunk of ``level{k}/shard_done``); a rerun
-writes only the shards whose marker is missing. When every marker is present the group's OME
-``multiscales`` lists the levels (readers never see a half-built one) and
-``bonemet.pyramid`` records the fingerprint, method and level count.
+a label's levels only by their names in the label group, and rejects ``level{k}/0`` there. A
+level group also holds the level's coordinate arrays (micrometres of the pixel centres), so
+``xr.open_zarr(store, group=".../level2")`` is labelled too. A level's chunks are
+``(64, 256, 256)`` (projections ``(8, 128, full)``) clipped to the level; one shard spans the
+level's whole y/x and as many slices as keep the task's input near :data:`TASK_INPUT_BYTES`,
+a multiple of the chunk depth. A task therefore reads whole chunks of the level above
+(``2 x`` its slices: whole shards there) and writes one whole shard, then its done-marker
+(a chunk of ``level{k}/shard_done``); a rerun writes only the shards whose marker is missing.
+When every marker is present the group's OME ``multiscales`` lists the levels (readers never
+see a half-built one) and ``bonemet.pyramid`` records the fingerprint, method and level count.
 """
 
 from __future__ import annotations

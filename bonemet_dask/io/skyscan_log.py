@@ -14,7 +14,8 @@ with CRLF line ends, Latin-1 encoding (a ``µ`` is the single byte ``0xB5``), va
 spaces and key case that varies between scanner versions (``Number Of Files`` /
 ``Number of Files``). :func:`parse_skyscan_log` accepts all of that; :func:`format_skyscan_log`
 writes what a scanner writes, so the synthetic generator and the catalog share one definition of
-the format.
+the format. Whether the values are physical (a pixel size > 0, the detector beyond the axis) is
+:mod:`bonemet_dask.io.skyscan_check`'s question (``parse_skyscan_log(..., validate=True)``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import logging
 import math
 import numbers
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -45,6 +47,8 @@ _NUMBER_RE: Final = re.compile(
     r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(?=\s|$|%|\()"
 )
 _COMMA_DECIMAL_RE: Final = re.compile(r"^\s*[+-]?\d+,\d+\s*$")
+_BINNING_RE: Final = re.compile(r"\s*(\d{1,6})\s*[xX*]\s*(\d{1,6})\s*")
+_CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # never in a text .log
 _TRUE: Final = frozenset({"ON", "YES", "TRUE", "1", "Y"})
 _FALSE: Final = frozenset({"OFF", "NO", "FALSE", "0", "N"})
 
@@ -170,12 +174,20 @@ class SkyScanLog:
     section_names : Mapping[str, str]
         Normalised section name -> the name as spelled (``"Acquisition"``). Keys found before any
         section header live in section ``""``.
+    source : str or None
+        Where the log was read from (a path or URL), named in every message; not compared.
+    control_chars : int
+        Control characters (``0x00``-``0x1F`` but tab, CR and LF, and ``0x7F``) in the text:
+        never in a scanner's log, so a binary file named ``.log`` (see
+        :func:`~bonemet_dask.io.skyscan_check.check_skyscan_log`); not compared.
     """
 
     sections: Mapping[str, Mapping[str, str]]
     key_names: Mapping[str, Mapping[str, str]]
     section_names: Mapping[str, str]
     _squashed: Mapping[str, Mapping[str, str]] = field(init=False, repr=False, compare=False)
+    source: str | None = field(default=None, compare=False)
+    control_chars: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         squashed: dict[str, dict[str, str]] = {}
@@ -288,26 +300,54 @@ class SkyScanLog:
             "fix the .log file"
         )
 
-    @property
+    @cached_property
     def summary(self) -> SkyScanSummary:
-        """The typed values that matter (:class:`SkyScanSummary`); a malformed value gives None."""
+        """The typed values that matter (:class:`SkyScanSummary`).
+
+        A malformed value (one :meth:`validate` reports) gives None, with a logged
+        warning naming :attr:`source`, the key and the value, once per log.
+        """
         values: dict[str, object] = {}
         for name, kind, key in _SUMMARY_KEYS:
             try:
-                if kind == "float":
-                    values[name] = self.get_float(key)
-                elif kind == "int":
-                    values[name] = self.get_int(key)
-                elif kind == "bool":
-                    values[name] = self.get_bool(key)
-                elif kind == "binning":
-                    values[name] = _to_binning(self.get(key), key)
-                else:
-                    values[name] = self.get(key)
+                values[name] = self._typed(kind, key)
             except SkyScanLogError as exc:
-                logger.warning("ignoring a malformed .log value: %s", exc)
+                logger.warning("%signoring a malformed .log value: %s", self._where(), exc)
                 values[name] = None
         return SkyScanSummary(**values)  # type: ignore[arg-type]
+
+    def _typed(self, kind: str, key: str) -> object:
+        if kind == "float":
+            return self.get_float(key)
+        if kind == "int":
+            return self.get_int(key)
+        if kind == "bool":
+            return self.get_bool(key)
+        if kind == "binning":
+            return _to_binning(self.get(key), key)
+        return self.get(key)
+
+    def _where(self) -> str:
+        return f"{self.source}: " if self.source else ""
+
+    def validate(self, keys: Iterable[str] | None = None) -> None:
+        """Raise if :func:`~bonemet_dask.io.skyscan_check.check_skyscan_log` finds a problem.
+
+        Parameters
+        ----------
+        keys : iterable of str, optional
+            Check only these keys (any spelling, e.g. the geometry's); default all.
+
+        Raises
+        ------
+        SkyScanLogError
+            Naming :attr:`source`, every bad key, its value and the fix.
+        """
+        from bonemet_dask.io.skyscan_check import check_skyscan_log
+
+        issues = check_skyscan_log(self, keys=keys)
+        if issues:
+            raise SkyScanLogError("; ".join(issue.message for issue in issues))
 
 
 def _to_float(value: str, key: str) -> float:
@@ -324,13 +364,15 @@ def _to_float(value: str, key: str) -> float:
 def _to_binning(value: str | None, key: str) -> tuple[int, int] | None:
     if value is None:
         return None
-    match = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", value)
+    match = _BINNING_RE.fullmatch(value)
     if match is None:
         raise SkyScanLogError(f"key={key!r} has value {value!r}, expected e.g. '1x1' or '2x2'")
     return int(match.group(1)), int(match.group(2))
 
 
-def parse_skyscan_log(data: bytes | str) -> SkyScanLog:
+def parse_skyscan_log(
+    data: bytes | str, *, source: str | None = None, validate: bool = False
+) -> SkyScanLog:
     """Parse a SkyScan/NRecon ``.log`` file.
 
     Tolerant by design: bytes are decoded as Latin-1 (every byte is valid), CRLF, LF and CR line
@@ -342,15 +384,35 @@ def parse_skyscan_log(data: bytes | str) -> SkyScanLog:
     ----------
     data : bytes or str
         The file content; ``str`` is taken as already decoded.
+    source : str, optional
+        The file's path or URL, named in every message about this log.
+    validate : bool, default False
+        Also check the physical values
+        (:func:`~bonemet_dask.io.skyscan_check.check_skyscan_log`) and refuse an empty log.
 
     Returns
     -------
     SkyScanLog
-        Possibly empty (``len(log) == 0``) when nothing looked like ``Key=Value``.
+        Possibly empty (``len(log) == 0``) when nothing looked like ``Key=Value`` (unless
+        ``validate``).
+
+    Raises
+    ------
+    SkyScanLogError
+        Only with ``validate``: the log is empty or binary, or a value is malformed or
+        unphysical; the message names ``source``, each key, its value and the fix.
+    TypeError
+        If ``data`` is neither bytes nor str.
     """
-    text = data.decode("latin-1") if isinstance(data, bytes | bytearray | memoryview) else data
+    if isinstance(data, bytes | bytearray | memoryview):
+        text = bytes(data).decode("latin-1")
+    elif isinstance(data, str):
+        text = data
+    else:
+        raise TypeError(f"data must be the .log's bytes or text, not {type(data).__name__}")
     if text.startswith("\ufeff"):
         text = text[1:]
+    controls = len(_CONTROL_RE.findall(text))
     sections: dict[str, dict[str, str]] = {}
     key_names: dict[str, dict[str, str]] = {}
     section_names: dict[str, str] = {}
@@ -376,14 +438,16 @@ def parse_skyscan_log(data: bytes | str) -> SkyScanLog:
         entries = sections.setdefault(current, {})
         section_names.setdefault(current, current)
         if norm in entries:
-            logger.warning(
-                "duplicate key %r in section [%s] of a .log (line %d): keeping the first value %r, "
+            logger.log(
+                logging.DEBUG if controls else logging.WARNING,  # a binary file: said once
+                "duplicate key %r in section [%s] of %s (line %d): keeping the first value %r, "
                 "ignoring %r",
-                key,
-                section_names[current],
+                _short(key),
+                _short(section_names[current]),
+                source or "a .log",
                 number,
-                entries[norm],
-                value.strip(),
+                _short(entries[norm]),
+                _short(value.strip()),
             )
             continue
         entries[norm] = value.strip()
@@ -392,7 +456,21 @@ def parse_skyscan_log(data: bytes | str) -> SkyScanLog:
         logger.debug("skipped %d line(s) that are not [Section] or Key=Value", skipped)
     for name in sections:
         key_names.setdefault(name, {})
-    return SkyScanLog(sections=sections, key_names=key_names, section_names=section_names)
+    log = SkyScanLog(
+        sections=sections,
+        key_names=key_names,
+        section_names=section_names,
+        source=source,
+        control_chars=controls,
+    )
+    if validate:
+        log.validate()
+    return log
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters for a message (a binary file's "values" are long)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def format_skyscan_log(sections: Mapping[str, Mapping[str, object]]) -> bytes:

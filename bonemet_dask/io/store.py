@@ -25,7 +25,8 @@ from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
-from bonemet_dask.naming import COMPONENTS, SIDES, sanitize_segment
+from bonemet_dask.errors import StoreError
+from bonemet_dask.naming import COMPONENTS, SIDES
 
 if TYPE_CHECKING:
     pass
@@ -36,6 +37,7 @@ __all__ = [
     "STORE_LAYOUT_VERSION",
     "ImageLayout",
     "StoreLayoutError",
+    "check_local_store_path",
     "completed_shards",
     "create_image_group",
     "get_bonemet_attrs",
@@ -67,6 +69,11 @@ _DEFAULTS: Final[dict[str, tuple[int, int, int, int | None]]] = {
     "projections": (8, 8, 128, None),
 }
 _WEEK_RE: Final = re.compile(r"^week(\d+)$")
+MAX_ID_LENGTH: Final = 128
+"""Longest animal id :func:`scan_group_path` accepts (ids are short; file names stop at 255)."""
+_SAFE_ID: Final = re.compile(
+    rf"[A-Za-z0-9](?:[A-Za-z0-9_.-]{{0,{MAX_ID_LENGTH - 2}}}[A-Za-z0-9_-])?", re.ASCII
+)
 
 
 class StoreLayoutError(ValueError):
@@ -109,6 +116,8 @@ def open_zarr_store(
         If ``store`` is of another type.
     ValueError
         If ``mode`` is unknown or ``storage_options`` is given for a path or a store.
+    StoreError
+        If a local path is a regular file or lies under one (:func:`check_local_store_path`).
     """
     if mode not in _MODES:
         raise ValueError(f"mode={mode!r} is not one of {', '.join(map(repr, _MODES))}")
@@ -136,33 +145,88 @@ def open_zarr_store(
         )
     # FsspecStore over file:// does not create parent folders on write: use LocalStore instead.
     path = text.removeprefix("file://")
+    check_local_store_path(path)
     return LocalStore(path, read_only=read_only)
 
 
+def check_local_store_path(path: str | os.PathLike[str]) -> None:
+    """Refuse a local store path that cannot be a Zarr store: a regular file, or one under a file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store's folder; it may not exist yet.
+
+    Raises
+    ------
+    StoreError
+        Naming the path and the fix, when the path is a regular file (or another non-folder) or
+        when one of its parents is.
+    """
+    text = os.fspath(path)
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise StoreError(
+            f"store {text!r} is a regular file, not a Zarr store (a folder); pass another path "
+            "(a new folder, e.g. out.zarr) or move the file away"
+        )
+    parent = os.path.dirname(os.path.abspath(text))
+    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise StoreError(
+            f"store {text!r} cannot be created: {parent!r} is a regular file, not a folder; "
+            "pass a store path under a folder (e.g. out.zarr) or move the file away"
+        )
+
+
 def scan_group_path(component: str, mouse: str | int, side: str, week: int) -> str:
-    """The group path of one scan, e.g. ``"recon_ct/851/both/week0"``.
+    r"""The group path of one scan, e.g. ``"recon_ct/851/both/week0"``.
+
+    The animal id becomes one path segment as it is, never rewritten (two ids never share a
+    group), so it must be safe to join under ``component/`` on any file system or object store:
+    1 to :data:`MAX_ID_LENGTH` ASCII letters, digits, ``_``, ``-`` and ``.``, starting with a
+    letter or digit, not ending in ``.`` and holding no ``..``.  No ``/``, ``\``, NUL, ``:``,
+    space or other character can reach the path, so an id read from a folder name cannot lead
+    outside ``component/``.
 
     Parameters
     ----------
     component : str
         One of :data:`~bonemet_dask.naming.COMPONENTS`.
     mouse : str or int
-        Animal id; sanitised with :func:`~bonemet_dask.naming.sanitize_segment`.
+        Animal id (``"851"``, ``851``, ``"0851"``); see above for the characters allowed.
     side : str
         One of :data:`~bonemet_dask.naming.SIDES`.
     week : int
         Week number, >= 0.
 
+    Returns
+    -------
+    str
+        ``{component}/{mouse}/{side}/week{week}``.
+
     Raises
     ------
     ValueError
-        If an argument is not allowed; the message lists the allowed values.
+        If an argument is not allowed; the message names it, lists the allowed values or
+        characters and says how to fix it.
     """
     _check_choice("component", component, COMPONENTS)
     _check_choice("side", side, SIDES)
     if isinstance(week, bool) or not isinstance(week, int | np.integer) or week < 0:
         raise ValueError(f"week={week!r} must be an int >= 0, e.g. week=0")
-    return f"{component}/{sanitize_segment(str(mouse))}/{side}/week{int(week)}"
+    if isinstance(mouse, bool) or not isinstance(mouse, str | int | np.integer):
+        raise ValueError(f"mouse={mouse!r} must be an animal id, a str or an int, e.g. '851'")
+    segment = str(int(mouse)) if isinstance(mouse, int | np.integer) else mouse
+    if not _SAFE_ID.fullmatch(segment) or ".." in segment:
+        raise ValueError(
+            f"mouse={mouse!r} cannot name a store group: an animal id is 1 to {MAX_ID_LENGTH} "
+            "ASCII letters, digits, '_', '-' and '.', starts with a letter or digit, does not "
+            "end in '.' and holds no '..' (so no '/', '\\', NUL or '..' can lead outside "
+            f"{component}/); pass the id alone (e.g. '851'), or rename the scan folder so that "
+            "it starts with the animal id"
+        )
+    return f"{component}/{segment}/{side}/week{int(week)}"
 
 
 def parse_week_segment(name: str) -> int | None:

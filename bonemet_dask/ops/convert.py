@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,13 @@ from bonemet_dask import __version__
 from bonemet_dask.cluster import active_client
 from bonemet_dask.io.catalog import Catalog, Stack, scan_source
 from bonemet_dask.io.consolidate import consolidating
-from bonemet_dask.io.records import read_records_csv, write_records
+from bonemet_dask.io.lock import (
+    StoreLockedError,
+    is_disk_full,
+    store_writer_lock,
+    writes_store,
+)
+from bonemet_dask.io.records import RECORDS_GROUP, import_records
 from bonemet_dask.io.scans import open_root
 from bonemet_dask.io.skyscan_log import nrecon_reference
 from bonemet_dask.io.store import (
@@ -53,6 +60,12 @@ SHARD_TARGET_BYTES = 256 * 2**20
 """Decoded bytes a shard (one task) aims for: big enough that small stacks (Regist-CT, RoI-CT)
 do not multiply objects past DESIGN.md's one per 64 MB of source, small enough for a task to stay
 well inside the per-worker memory budget."""
+
+RECORDS_WAIT_S = 120.0
+"""Seconds a writer waits while another one (a side-by-side task) writes ``/medirec``."""
+
+RECORDS_LISTED = 100
+"""Problems of ``record.csv`` listed one by one in the report (``/medirec`` keeps 200)."""
 
 DEFAULT_CODECS = {"ct": ("blosc-zstd", 1), "projections": ("blosc-lz4", 5)}
 """Codec and level per kind of stack, chosen by benchmarks/bench_convert.py (BENCHMARKS.md):
@@ -107,7 +120,7 @@ def layout_for(
     """
     if stack.shape is None or stack.dtype is None:
         raise ValueError(f"stack {stack.folder!r} has no consistent shape; it must be quarantined")
-    voxel = stack.log.summary.image_pixel_size_um if stack.log is not None else None
+    voxel = voxel_size_um(stack)
     kind = "projections" if stack.component == "rotation_xray" else "ct"
     if slices_per_shard is None:
         slices_per_shard = default_slices_per_shard(kind, stack.shape, stack.dtype)
@@ -115,7 +128,7 @@ def layout_for(
         kind,
         stack.shape,
         stack.dtype,
-        voxel_size_um=voxel or 1.0,
+        voxel_size_um=voxel,
         slices_per_shard=slices_per_shard,
     )
     default_codec, default_level = DEFAULT_CODECS[kind]
@@ -124,6 +137,35 @@ def layout_for(
         codec=codec or default_codec,
         level=default_level if level is None else level,
     )
+
+
+def voxel_size_um(stack: Stack) -> float:
+    """The stack's voxel size (µm): its ``.log``'s ``Image Pixel Size (um)``.
+
+    A stack without one is stored at 1 µm with a warning naming its folder and ``.log``, and
+    ``voxel_size_known`` false in its attributes.
+
+    Raises
+    ------
+    ValueError
+        If the ``.log`` states a size that is not finite and > 0 (``scan_source`` reports such
+        a log as ``invalid-log`` and ``convert`` quarantines its scan before this is reached).
+    """
+    voxel = stack.log.summary.image_pixel_size_um if stack.log is not None else None
+    if voxel is None:
+        where = repr(stack.log_path) if stack.log_path else f"folder {stack.folder!r} (no .log)"
+        logger.warning(
+            "%s states no Image Pixel Size (um): the scan is stored with 1 um voxels "
+            "(voxel_size_known false); put the scanner's .log beside its PNGs and convert "
+            "again with overwrite", where,
+        )  # fmt: skip
+        return 1.0
+    if not (math.isfinite(voxel) and voxel > 0):
+        raise ValueError(
+            f"{stack.log_path!r}: Image Pixel Size (um)={voxel} must be finite and > 0; fix the "
+            ".log (scan_source reports it as invalid-log) and convert again"
+        )
+    return voxel
 
 
 def fingerprint(stack: Stack, layout: ImageLayout) -> str:
@@ -260,6 +302,7 @@ def convert_shard(
     return task, nbytes, None, None
 
 
+@writes_store("store", operation="convert")  # one writer per store (io/lock.py)
 def convert(
     source: str | os.PathLike | Catalog,
     store: Any,
@@ -336,6 +379,9 @@ def convert(
     ConversionError
         With ``on_error="stop"`` on the first bad stack or file, or when a group already holds
         a conversion with another fingerprint and ``overwrite`` is False.
+    StoreLockedError
+        When another process writes ``store`` (:mod:`bonemet_dask.io.lock`); the message names
+        it.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r} is not one of {', '.join(map(repr, ON_ERROR))}")
@@ -353,10 +399,14 @@ def convert(
         details = {"folder": stack.folder, "problems": errors}
         reason = errors[0][1] if errors else "catalog error"
         report.outcomes.append(Outcome(path, "quarantined", reason, details=details))
-    if bad and on_error == "stop":
+    for problem in catalog.left_out:  # image data the catalog could not take: links, odd folders
+        details = {"folder": problem.path, "problems": [(problem.path, problem.message)]}
+        report.outcomes.append(Outcome(problem.path, "quarantined", problem.message, details))
+    if report.outcomes and on_error == "stop":
         first = report.outcomes[0]
         raise ConversionError(
-            f"{len(bad)} stack(s) have errors, first {first.details['folder']!r}: "
+            f"{len(report.outcomes)} stack(s) or folder(s) have errors, first "
+            f"{first.details['folder']!r}: "
             f"{first.reason}; fix them or use on_error='quarantine'"
         )
     root = open_root(store, mode="a", storage_options=storage_options)
@@ -386,8 +436,11 @@ def convert(
             tasks.extend(todo)
             pending[group_path] = Outcome(group_path, "resumed" if resumed else "written",
                                           shards=len(todo))  # fmt: skip
-        if records and catalog.records_path:
-            write_source_records(root, catalog)
+        records_outcome = (  # never blocks the images: its problems are reported
+            write_source_records(root, catalog) if records and catalog.records_path else None
+        )
+        if records_outcome is not None:
+            report.outcomes.append(records_outcome)
         client = client or active_client()
         failures = _run(tasks, store, catalog.fs, storage_options, client, report, progress,
                         on_error)  # fmt: skip
@@ -479,15 +532,69 @@ def _scan_attrs(
     return attrs
 
 
-def write_source_records(root, catalog: Catalog) -> None:
+def write_source_records(root, catalog: Catalog) -> Outcome | None:
     """Write the catalog's ``record.csv`` to the store's ``/medirec`` (replacing it).
 
-    The animal id column is stored as text (:func:`~bonemet_dask.io.records.read_records_csv`),
-    so it compares equal to the store's ``mouse`` coords.
+    The animal id column is stored as text (:func:`~bonemet_dask.io.records.import_records`),
+    so it compares equal to the store's ``mouse`` coords. Nothing about the file's content
+    raises: a bad ``record.csv`` must never block the images.
+
+    Returns
+    -------
+    Outcome or None
+        ``/medirec`` ``quarantined`` when the file had errors or warnings (records or cells
+        left out, columns missing or renamed, not readable at all): ``details`` names the file
+        and lists every problem, and ``convert`` exits 3. None when it was read whole (how it
+        was read, e.g. as cp1252 or semicolon-separated, is only logged).
     """
-    with catalog.fs.open(catalog.records_path, "rb") as handle:
-        table = read_records_csv(handle)
-    write_records(root, table)
+    path = catalog.records_path
+    try:
+        with catalog.fs.open(path, "rb") as handle:
+            data = handle.read()
+        # side-by-side writers (the tasks of a job array) write /medirec in turn (io/lock.py)
+        with store_writer_lock(root.store, section="medirec", wait=RECORDS_WAIT_S):
+            problems = [p for p in import_records(root, data, path=path) if p.severity != "notice"]
+        reported = [(path, p.message) for p in problems[:RECORDS_LISTED]]
+        if len(problems) > RECORDS_LISTED:
+            reported.append((path, f"... and {len(problems) - RECORDS_LISTED} more problem(s)"))
+    except Exception as exc:  # an I/O or store failure: the images go on, the report says it
+        if isinstance(exc, StoreLockedError) or is_disk_full(exc):
+            raise  # the whole store is at stake, not the table: stop with its own message
+        logger.debug("importing %s failed", path, exc_info=True)
+        message = (f"{path!r} could not be imported to /{RECORDS_GROUP} ({type(exc).__name__}: "
+                   f"{exc}); the images are converted without it: fix the cause and convert "
+                   "again")  # fmt: skip
+        logger.error("%s", message)
+        reported = [(path, message)]
+    if not reported:
+        return None
+    return Outcome(RECORDS_GROUP, "quarantined", reported[0][1],
+                   details={"folder": path, "problems": reported})  # fmt: skip
+
+
+def _results_or_killed(done: Any, tasks: dict[Any, ShardTask]) -> Any:
+    """Yield each finished future's result; a shard that killed its workers is its failure.
+
+    A task that killed every worker it ran on (distributed's ``KilledWorker``) becomes the
+    failure of that shard, naming its scan, instead of ending the conversion.
+    """
+    from distributed import KilledWorker
+
+    for future in done:
+        try:
+            yield future.result()
+        except KilledWorker as err:
+            task = tasks[future]
+            reason = (
+                f"the Dask worker process died {err.allowed_failures + 1} times converting "
+                f"shard {task.shard} (files {task.start}..{task.stop - 1}) of this scan, so the "
+                f"scheduler gave up on it (distributed.scheduler.allowed-failures="
+                f"{err.allowed_failures}); a worker dies like this out of memory or in a "
+                "crashing decoder: read that worker's log, give the workers more memory or "
+                "leave the scan out (--mice), then rerun: the other scans are kept"
+            )
+            logger.error("%s: %s", task.group_path, reason)
+            yield task, 0, task.paths[0] if task.paths else task.group_path, reason
 
 
 def _run(tasks, store, fs, storage_options, client, report, progress, on_error):
@@ -503,7 +610,9 @@ def _run(tasks, store, fs, storage_options, client, report, progress, on_error):
             client.submit(convert_shard, t, store, fs, storage_options, pure=False, retries=1)
             for t in tasks
         ]
-        completed = (f.result() for f in dask_as_completed(futures))
+        completed = _results_or_killed(
+            dask_as_completed(futures), dict(zip(futures, tasks, strict=True))
+        )
     else:
         pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
         futures = [pool.submit(convert_shard, t, store, fs, storage_options) for t in tasks]

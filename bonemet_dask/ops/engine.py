@@ -17,6 +17,15 @@ Units run with bounded concurrency; their graphs go to the Dask client the user 
 The output store's consolidated metadata is dropped before the first write and rewritten when
 the stage ends; every decision above reads the groups' own metadata, never the consolidated
 copy (:mod:`bonemet_dask.io.consolidate`).
+
+Faults: a worker lost mid-stage costs only the tasks it held, which the scheduler reruns (the
+writes are idempotent and the done-marker goes last).  An output one of whose tasks killed
+every worker it ran on (``distributed.scheduler.allowed-failures`` + 1 workers; dask's default
+is 3, bonemet-dask keeps it) ends ``failed``, its reason naming the group, its input scan and
+the fix, while the other outputs finish.  A store that refuses access (``PermissionError``,
+e.g. S3 ``AccessDenied``) or has vanished stops the stage with a
+:class:`~bonemet_dask.errors.StoreError` naming the store.  Either way a group is marked
+complete only once every shard of it is on disk.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,8 +50,9 @@ from dask.base import tokenize
 
 from bonemet_dask import __version__
 from bonemet_dask._backend import to_host
-from bonemet_dask.errors import UsageError
+from bonemet_dask.errors import StoreError, UsageError
 from bonemet_dask.io.consolidate import consolidating, drop_consolidated, try_consolidate
+from bonemet_dask.io.lock import writes_store
 from bonemet_dask.io.scans import ScanRef, StoreRoots
 from bonemet_dask.io.store import (
     STORE_LAYOUT_VERSION,
@@ -245,6 +256,7 @@ class _Runner:
     def __init__(self, stage, roots, *, overwrite, client, compute):
         self.stage, self.roots, self.overwrite = stage, roots, overwrite
         self.client, self.compute = client, compute
+        self.wired: dict[str, Output] = {}
 
     def unit(self, scans: list[ScanRef], selection: Selection) -> tuple[StageReport, list]:
         """Run (or, lazily, wire) one unit; returns its report and its pending finish tasks."""
@@ -268,7 +280,18 @@ class _Runner:
                 logger.info("%s: %s", output.path, err)
                 report.outcomes.append(Outcome(output.path, "failed", str(err)))
                 continue
-            outcome, finish = self._wire(output, product, context)
+            except PermissionError as err:
+                raise self._store_error(err, [output.path]) from err
+            except Exception as err:  # a search computed in build() killed its workers
+                if not _is_killed_worker(err):
+                    raise
+                report.outcomes.append(_killed(output.path, output, err))
+                continue
+            try:
+                outcome, finish = self._wire(output, product, context)
+            except PermissionError as err:
+                raise self._store_error(err, [output.path]) from err
+            self.wired[output.path] = output  # named should a task of it kill its workers
             report.outcomes.append(outcome)
             pending.append((outcome, finish))
             if stage.chained and self.compute:
@@ -339,14 +362,98 @@ class _Runner:
         for finish in finishes:
             keys.update(finish.__dask_graph__().keys())
         report.max_graph_tasks = max(report.max_graph_tasks, len(keys))
-        for (outcome, _), result in zip(pending, compute(*finishes, client=self.client),
-                                        strict=True):  # fmt: skip
+        try:
+            results = _compute_each(finishes, self.client)
+        except (PermissionError, FileNotFoundError) as err:
+            raise self._store_error(err, [outcome.path for outcome, _ in pending]) from err
+        for (outcome, _), result in zip(pending, results, strict=True):
+            output = self.wired.pop(outcome.path, None)
+            if isinstance(result, Exception):  # a task of this output killed its workers
+                failed = _killed(outcome.path, output, result)
+                outcome.status, outcome.reason = failed.status, failed.reason
+                continue
             outcome.shards = result["shards"]
             report.shards_written += result["shards"]
             if result["metrics"] is not None:
                 outcome.details["metrics"] = result["metrics"]
 
+    def _store_error(self, err: OSError, paths: list[str]) -> StoreError:
+        """A store that refuses access or has vanished, as a StoreError naming it and the fix."""
+        what = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        if isinstance(err, PermissionError):
+            why = "refused access"
+            fix = "check the credentials and the bucket policy or permissions (storage_options)"
+        else:
+            why = "lost an object or its bucket"
+            fix = "check that the store (and its bucket) still exists"
+        logger.error("%s %s at %s: %s", self.roots.describe(), why, what, err)
+        return StoreError(
+            f"{self.stage.name}: {self.roots.describe()} {why} at {what} "
+            f"({type(err).__name__}: {err}); {fix}, then rerun the command: the groups already "
+            "complete are kept, and these, left incomplete, resume"
+        )
 
+
+def _distributed_client(client: Any) -> Any:
+    """The ``distributed.Client`` a computation goes to (given, or dask's configured), or None."""
+    if "distributed" not in sys.modules:  # nobody made a client: no need to import it
+        return None
+    from distributed import Client
+
+    if client is None:
+        get = dask.base.get_scheduler()  # the active client's ``get`` when one is configured
+        client = getattr(get, "__self__", None)
+    return client if isinstance(client, Client) else None
+
+
+def _is_killed_worker(err: BaseException) -> bool:
+    """Whether ``err`` is distributed's ``KilledWorker`` (a task that killed its workers)."""
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import KilledWorker
+
+    return isinstance(err, KilledWorker)
+
+
+def _compute_each(finishes: list[Any], client: Any) -> list[Any]:
+    """Compute the finish tasks of several outputs; a ``KilledWorker`` comes back as a value.
+
+    On a distributed cluster each output is its own future, so a task that kills every worker
+    it lands on fails only the output it belongs to: the other outputs finish.  Any other
+    error is raised, as :func:`compute` raises it.  Without a cluster: :func:`compute`.
+    """
+    cluster = _distributed_client(client)
+    if cluster is None:
+        return compute(*finishes, client=client)
+    from distributed import wait
+
+    futures = cluster.compute(finishes)
+    wait(futures)
+    results: list[Any] = []
+    for future in futures:
+        error = future.exception() if future.status == "error" else None
+        results.append(error if _is_killed_worker(error) else future.result())
+    return results
+
+
+def _killed(path: str, output: Output | None, err: Exception) -> Outcome:
+    """The failed outcome of an output one of whose tasks killed every worker it ran on."""
+    inputs = ", ".join(scan.path for scan in output.inputs.values()) if output else "?"
+    tries = err.allowed_failures + 1
+    worker = getattr(err.last_worker, "address", err.last_worker)
+    reason = (
+        f"the Dask worker process died {tries} times running a task of this output (input "
+        f"{inputs}; task {err.task!r}, last on {worker}), so the scheduler gave up on it "
+        f"(distributed.scheduler.allowed-failures={err.allowed_failures}); a worker dies like "
+        "this out of memory or in a crashing native library: read that worker's log, give "
+        "the workers more memory (memory_limit=, bonemet.memory-budget) or leave its mouse out "
+        "(--mice); once that is done, rerun: the other outputs are kept and this one resumes"
+    )
+    logger.error("%s: %s", path, reason)
+    return Outcome(path, "failed", reason)
+
+
+@writes_store("out", "store", operation="stage")  # one writer per store (io/lock.py)
 def run_stage(
     stage: Stage,
     store: Any,

@@ -356,7 +356,13 @@ def _store_records(store: Any, storage_options: Mapping[str, Any] | None) -> pd.
         open_zarr_store(store, mode="r", storage_options=storage_options), mode="r"
     )
     try:
-        return read_records(root)
+        records = read_records(root)  # warns when record.csv was imported with problems
     except KeyError:
         logger.warning("store %s has no /medirec records: the CSV is not joined", store)
         return None
+    if animal_id_column(records.columns) is None:  # a bad record.csv never stops the metrics
+        logger.warning("store %s: /medirec has no animal id column (columns %s): the CSV is not "
+                       "joined; add 'Animal ID' to record.csv and convert again", store,
+                       list(records.columns))  # fmt: skip
+        return None
+    return records

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bonemet_dask.io.consolidate import consolidating
+from bonemet_dask.io.lock import writes_store
 from bonemet_dask.io.pyramid import DEFAULT_TARGET, TASK_INPUT_BYTES, build_groups, selected_groups
 from bonemet_dask.io.scans import open_root
 from bonemet_dask.ops.engine import compute as engine_compute
@@ -27,6 +28,7 @@ __all__ = ["pyramid"]
 logger = logging.getLogger(__name__)
 
 
+@writes_store("store", operation="pyramid")  # one writer per store (io/lock.py)
 def pyramid(
     store: str | os.PathLike[str] | Any,
     *,

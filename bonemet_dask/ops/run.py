@@ -23,6 +23,7 @@ from typing import Any, Final
 from bonemet_dask.errors import UsageError
 from bonemet_dask.io.catalog import Catalog, scan_source
 from bonemet_dask.io.consolidate import consolidating
+from bonemet_dask.io.lock import is_disk_full, writes_store
 from bonemet_dask.io.scans import StoreRoots, open_root
 from bonemet_dask.ops.composite_store import (
     Composite,
@@ -130,6 +131,7 @@ def _chain(start: str, until: str) -> list[str]:
     return chain
 
 
+@writes_store("store", operation="run")  # one writer per store (io/lock.py); re-entrant
 def run(
     source: str | os.PathLike | Catalog,
     store: Any,
@@ -260,6 +262,8 @@ def run(
             except UsageError:
                 raise
             except Exception as err:  # one mouse's failure must not stop a thousand-mouse run
+                if is_disk_full(err) or isinstance(err, PermissionError):
+                    raise  # ...but a full or refusing store stops every mouse: say so once
                 logger.warning("mouse %s: %s failed: %s", mouse, name, err)
                 logger.debug("mouse %s: %s failed", mouse, name, exc_info=True)
                 failed = StageReport(name)
@@ -282,8 +286,12 @@ def run(
 
     # the consolidated metadata: dropped now, written once after every mouse (failed ones too)
     with consolidating(store, storage_options, enabled=consolidate):
-        if "convert" in chain and catalog.records_path:  # the records once, not once per mouse
-            write_source_records(root, catalog)
+        if (  # the records once, not once per mouse; a bad record.csv is reported (exit 3)
+            "convert" in chain
+            and catalog.records_path
+            and (records_outcome := write_source_records(root, catalog)) is not None
+        ):
+            report.stages["convert"].outcomes.append(records_outcome)
         if progress:
             for name in chain:
                 progress(name, 0, len(plan))

@@ -2,7 +2,9 @@
 
 Per shard, three digests of each slice must agree: the one recorded at conversion, the one of
 the pixels now in the store, and the one of the source PNG decoded again.  Anything else is
-named slice by slice.
+named slice by slice.  A scan of the source that the store lacks fails the check, and so does
+image data the catalog could not take (a link it did not follow, a folder outside the layout:
+:attr:`~bonemet_dask.io.catalog.Catalog.left_out`), which can therefore not be in the store.
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ class VerifyReport:
     mismatches : list of tuple
         ``(group path, slice index, source file, what differs)``.
     missing : list of str
-        Source stacks with no complete group in the store.
+        Group paths of source stacks with no complete group in the store.
+    folders : dict of str to str
+        The source scan folder of each group path in ``missing``.
+    left_out : list of tuple of str
+        ``(source path, message)`` of image data under a component folder that the catalog
+        could not take (see :attr:`~bonemet_dask.io.catalog.Catalog.left_out`): the store cannot
+        hold it.
     """
 
     store: str
@@ -52,11 +60,16 @@ class VerifyReport:
     mismatches: list[tuple[str, int, str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    folders: dict[str, str] = field(default_factory=dict)
+    left_out: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when every selected, convertible stack is in the store and equal to its source."""
-        return not self.mismatches and not self.missing
+        """True when the store holds every selected, convertible stack, equal to its source.
+
+        Image data the catalog left out (``left_out``) makes it False: it cannot be in the store.
+        """
+        return not self.mismatches and not self.missing and not self.left_out
 
 
 def verify_shard(task: ShardTask, store: Any, fs: Any, storage_options: dict | None = None):
@@ -97,7 +110,9 @@ def verify(
 ) -> VerifyReport:
     """Check that every convertible stack of ``source`` is in ``store``, slice for slice.
 
-    Stacks the catalog marks as not ok (quarantined by ``convert``) are not expected.
+    Stacks the catalog marks as not ok (quarantined by ``convert``) are not expected; image data
+    the catalog left out (:attr:`~bonemet_dask.io.catalog.Catalog.left_out`: a link not
+    followed, a folder outside the layout) makes the report not ok.
 
     Parameters
     ----------
@@ -116,6 +131,7 @@ def verify(
     _, catalog = selected_catalog(source, source_storage_options, selection, **selectors)
     root = open_root(store, mode="r", storage_options=storage_options)
     report = VerifyReport(store=str(store))
+    report.left_out = [(p.path, p.message) for p in catalog.left_out]
     tasks: list[ShardTask] = []
     for stack in catalog.stacks:
         if not stack.ok:
@@ -124,6 +140,7 @@ def verify(
         group = root.get(path)
         if group is None or get_bonemet_attrs(group).get("status") != "complete":
             report.missing.append(path)
+            report.folders[path] = stack.folder
             continue
         layout = ImageLayout.from_dict(get_bonemet_attrs(group)["provenance"]["layout"])
         tasks.extend(shard_tasks(stack, layout, path))

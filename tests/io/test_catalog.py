@@ -222,6 +222,7 @@ def check_catalog(cat: Catalog) -> None:
     assert tree.kind == "unparseable-path" and tree.severity == "warning"
     assert rel(tree.path) == "Imagery_Dataset/2. Recon-CT/old scans"
     assert "2 file(s)" in tree.message and "week <k>" in tree.message
+    assert cat.left_out == (tree,)  # files under a component that no stack holds: left out
     assert len(cat.all_problems()) == 1 + sum(len(s.problems) for s in cat.stacks)
     assert {p.kind for p in cat.all_problems()} <= set(PROBLEM_KINDS)
     for p in cat.all_problems():
@@ -401,3 +402,59 @@ def test_catalog_tables_render(tmp_path):
     assert f"and {n_total - 5} more" in text
     assert problems.row_count == 6
     assert "Imagery_Dataset/2. Recon-CT/851/week 2" in text  # paths relative to the root
+    assert "1 path(s) under a component left out" in text
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def palette_png(image: np.ndarray) -> bytes:
+    """An 8-bit palette PNG (colour type 3) of a greyscale image, with a grey palette."""
+    height, width = image.shape
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    plte = bytes(v for g in range(256) for v in (g, g, g))
+    raw = b"".join(b"\x00" + row.tobytes() for row in image.astype(np.uint8))
+    return (PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"PLTE", plte)
+            + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_stacks_convert_would_refuse_are_not_ok(tmp_path):
+    """Palette, grey+alpha, RGB and RGBA slices, and a file too small for its header: ``convert``'s
+    decoder refuses them all, so the catalog quarantines their stacks before anything is read."""
+    grey = np.arange(48, dtype=np.uint8).reshape(SHAPE)
+    formats = {
+        "palette": (palette_png(grey), "palette (indexed colour)", 3),
+        "grey_alpha": (imagecodecs.png_encode(np.stack([grey, grey], -1)), "greyscale+alpha", 4),
+        "rgb": (imagecodecs.png_encode(np.stack([grey] * 3, -1)), "RGB", 2),
+        "rgba": (imagecodecs.png_encode(np.stack([grey] * 4, -1)), "RGBA", 6),
+    }
+    for mouse, (data, _, _) in enumerate(formats.values(), start=900):
+        for i in range(3):
+            write(tmp_path / "Recon-CT" / str(mouse) / "week 0" / f"s_{i:04d}.png", data)
+    ok = tmp_path / "Recon-CT" / "950" / "week 0"
+    for i in range(3):
+        write(ok / f"s_{i:04d}.png", png(i))
+    # a valid header and IEND, but a 1-byte IDAT cannot inflate to 4000 x 4000 pixels
+    bomb = struct.pack(">IIBBBBB", 4000, 4000, 8, 0, 0, 0, 0)
+    small = PNG_SIGNATURE + _chunk(b"IHDR", bomb) + _chunk(b"IDAT", b"x") + _chunk(b"IEND", b"")
+    write(tmp_path / "Recon-CT" / "951" / "week 0" / "s_0000.png", small)
+    write(tmp_path / "Recon-CT" / "951" / "week 0" / "s_0001.png", png())
+    catalog = scan_source(tmp_path)
+    by_mouse = {s.mouse: s for s in catalog}
+    for mouse, (_, what, colour) in enumerate(formats.values(), start=900):
+        stack = by_mouse[str(mouse)]
+        (problem,) = stack.problems
+        assert (problem.kind, problem.severity, problem.path) == (
+            "unsupported-format",
+            "error",
+            stack.folder,
+        )
+        assert f"3 slice(s) are {what} PNGs (colour type {colour}" in problem.message
+        assert "convert them to greyscale" in problem.message and not stack.ok
+    assert by_mouse["950"].ok and by_mouse["950"].problems == ()
+    tiny = {p.kind: p for p in by_mouse["951"].problems}
+    assert set(tiny) == {"too-small", "mixed-shape"}
+    assert tiny["too-small"].path.endswith("s_0000.png")
+    assert f"is {len(small)} bytes" in tiny["too-small"].message
+    assert "4000x4000 8-bit" in tiny["too-small"].message

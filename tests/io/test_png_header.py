@@ -6,9 +6,14 @@ import fsspec
 import imagecodecs
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from bonemet_dask.io import png_header
 from bonemet_dask.io.png_header import (
+    COLOUR_TYPE_NAMES,
+    CONVERTIBLE_COLOUR_TYPES,
     HEADER_NBYTES,
     PNG_SIGNATURE,
     PngHeader,
@@ -223,3 +228,62 @@ def test_truncation_after_the_header_is_found_from_the_tail(tmp_path):
     assert read_png_headers(fs, paths[:2])[1] == full_h
     with pytest.raises(ValueError, match="sizes"):
         read_png_headers(fs, paths, sizes=sizes[:1])
+
+
+# ------------------------------------- what convert's decoder refuses, known from the header
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _single_idat_png(width: int, height: int, bit_depth: int, idat: bytes) -> bytes:
+    body = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return (PNG_SIGNATURE + _chunk(b"IHDR", body) + _chunk(b"IDAT", idat)
+            + _chunk(b"IEND", b""))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(ENCODED))
+def test_convertible_colour_types_are_what_the_decoder_accepts(name):
+    """The catalog quarantines exactly the colour types ``convert``'s decoder refuses."""
+    from bonemet_dask.kernels.png_decode import PngDecodeError, decode_png
+
+    header = parse_png_header(ENCODED[name])
+    try:
+        decoded = decode_png(ENCODED[name])
+    except PngDecodeError as err:
+        assert err.reason == "unsupported"
+        assert header.colour_type not in CONVERTIBLE_COLOUR_TYPES
+        assert COLOUR_TYPE_NAMES[header.colour_type] in str(err)
+    else:
+        assert header.colour_type in CONVERTIBLE_COLOUR_TYPES
+        assert decoded.shape == (header.height, header.width)
+
+
+def test_inflate_limits_match_the_decoder():
+    from bonemet_dask.kernels import png_decode
+
+    assert png_header._MAX_INFLATE_RATIO == png_decode._MAX_INFLATE_RATIO
+    assert png_header._INFLATE_SLACK == png_decode._INFLATE_SLACK
+    assert len(_single_idat_png(1, 1, 8, b"")) == png_header._PNG_OVERHEAD
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    width=st.integers(1, 5000),
+    height=st.integers(1, 5000),
+    bit_depth=st.sampled_from([1, 2, 4, 8, 16]),
+    idat=st.binary(max_size=40),
+)
+def test_too_small_is_exactly_what_the_decoder_refuses_as_truncated(width, height, bit_depth, idat):
+    """``fits_in`` is False exactly for the files ``decode_png`` refuses before inflating."""
+    from bonemet_dask.kernels.png_decode import PngDecodeError, decode_png
+
+    data = _single_idat_png(width, height, bit_depth, idat)
+    header = parse_png_header(data)
+    refused_unread = False
+    try:
+        decode_png(data)
+    except PngDecodeError as err:
+        refused_unread = err.reason == "truncated" and "too few" in str(err)
+    assert header.fits_in(len(data)) is not refused_unread

@@ -66,7 +66,8 @@ def test_open_zarr_store_errors(tmp_path):
 
 def test_scan_group_path():
     assert scan_group_path("recon_ct", "851", "both", 0) == "recon_ct/851/both/week0"
-    assert scan_group_path("seg_ct", "851 x", "left", 3) == "seg_ct/851_x/left/week3"
+    with pytest.raises(ValueError, match=r"mouse='851 x' cannot name a store group"):
+        scan_group_path("seg_ct", "851 x", "left", 3)  # refused, not rewritten: ids never merge
     with pytest.raises(ValueError, match=r"component='ct'.*'recon_ct'"):
         scan_group_path("ct", "851", "both", 0)
     with pytest.raises(ValueError, match=r"side='l'.*'left'"):
