@@ -80,6 +80,39 @@ def _choices(option: str, value: str | None, allowed: tuple[str, ...]) -> list[s
     return items
 
 
+_FOLLOW_SYMLINKS = Annotated[
+    bool,
+    typer.Option(
+        "--follow-symlinks",
+        help="Also follow links in SRC that point outside it (links inside are always followed).",
+    ),
+]
+
+
+def _following_links(command):
+    """Give a command ``--follow-symlinks``: the ``bonemet.follow-symlinks`` config while it runs.
+
+    Every source listing of the command (``scan_source``) reads the config, so one option
+    reaches ``plan``, ``convert``, ``run`` and ``verify`` alike.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    option = inspect.Parameter("follow_symlinks", inspect.Parameter.KEYWORD_ONLY,
+                               default=False, annotation=_FOLLOW_SYMLINKS)  # fmt: skip
+
+    @functools.wraps(command)
+    def with_links(*args, follow_symlinks: bool = False, **kwargs):
+        import dask
+
+        with dask.config.set({"bonemet.follow-symlinks": bool(follow_symlinks)}):
+            return command(*args, **kwargs)
+
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind
+                  is inspect.Parameter.POSITIONAL_OR_KEYWORD else p
+                  for p in signature.parameters.values()]  # fmt: skip
+    with_links.__signature__ = signature.replace(parameters=[*parameters, option])
+    return with_links
+
+
 def _selecting(*selectors: str):
     """Give a command the selector options; it receives them as one ``selection`` argument.
 
@@ -238,6 +271,7 @@ def synth(
 
 
 @app.command()
+@_following_links
 @_selecting("mice", "weeks", "sides", "components")
 def plan(
     src: Annotated[
@@ -392,6 +426,7 @@ def _problem_dict(problem) -> dict[str, str]:
 
 
 @app.command()
+@_following_links
 @_selecting("mice", "weeks", "sides", "components")
 def convert(
     src: SourceArg,
@@ -474,6 +509,7 @@ def _report_dict(report) -> dict:
 
 
 @app.command()
+@_following_links
 @_selecting("mice", "weeks", "sides", "components")
 def verify(
     src: SourceArg,
@@ -679,6 +715,7 @@ def _print_report(report, stage, max_rows: int = 60) -> None:
 
 
 @app.command(name="run")
+@_following_links
 @_selecting("mice", "weeks", "sides")
 def run_chain(
     src: SourceArg,

@@ -516,3 +516,19 @@ def test_a_missing_source_is_named(tmp_path):
     result = invoke(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out.zarr")])
     assert result.exit_code in (1, 2) and "nowhere" in result.output
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_follow_symlinks_takes_in_a_scan_linked_from_outside(pristine, tmp_path):
+    """Refused by default (the case above); asked for, the linked scan is converted whole and
+    ``verify`` (asked the same) finds the store complete."""
+    src = tmp_path / "src"
+    shutil.copytree(pristine, src, symlinks=True)
+    _symlink_outside(src)
+    store = str(tmp_path / "out.zarr")
+    assert invoke(["plan", str(src), "--follow-symlinks"]).exit_code == 0
+    converted = invoke(["convert", str(src), store, "--follow-symlinks"])
+    assert converted.exit_code == 0, converted.output
+    assert check_store(tmp_path / "out.zarr") == SCANS
+    assert invoke(["verify", str(src), store, "--follow-symlinks"]).exit_code == 0
+    refused = invoke(["verify", str(src), store])  # without it the link is left out: said so
+    assert refused.exit_code == 1 and "outside the source tree" in refused.output

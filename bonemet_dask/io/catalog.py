@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from bonemet_dask import config
 from bonemet_dask.io.png_header import PngHeader
 from bonemet_dask.io.skyscan_log import SkyScanLog, SkyScanLogError
 from bonemet_dask.naming import (
@@ -516,7 +517,7 @@ def scan_source(
     read_headers: bool = True,
     max_pixels: int = 2**31,
     mice: Any = None,
-    follow_symlinks: bool = False,
+    follow_symlinks: bool | None = None,
 ) -> Catalog:
     """Find and check every image stack of a BoneMet tree.
 
@@ -536,11 +537,13 @@ def scan_source(
         rule: ``"851-860"``, ``[851, 852]``...): the tree is listed whole, but only their
         headers and ``.log`` files are read, and only their stacks are in the catalog.  What a
         job-array task of a few mice needs from a tree of a thousand.
-    follow_symlinks : bool, default False
+    follow_symlinks : bool, optional
         Also follow symbolic links whose target lies outside the tree.  Links that stay inside
         are always followed (their contents are cataloged under the link's path); a link not
         followed, a broken link and a link loop are reported (``link-outside``, ``broken-link``,
         ``link-loop``) and never silently dropped.
+        Default: the ``bonemet.follow-symlinks`` config (False; ``--follow-symlinks`` on the
+        CLI).
 
     Returns
     -------
@@ -574,6 +577,8 @@ def scan_source(
             )
         from bonemet_dask.io._tree_listing import list_tree
 
+        if follow_symlinks is None:
+            follow_symlinks = bool(config.get("follow-symlinks", False))
         listing = list_tree(fs, root_path, follow_symlinks=follow_symlinks)
     except (FileNotFoundError, NotADirectoryError):
         raise
