@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -370,8 +371,26 @@ def _to_binning(value: str | None, key: str) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
+def _names_a_file(text: str) -> bool:
+    """Whether a string passed as a log is its path: one line, no ``Key=Value`` in it."""
+    return bool(text.strip()) and "=" not in text and "\n" not in text and "\r" not in text
+
+
+def _read_log_file(path: str) -> bytes:
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path!r} is not a file: pass parse_skyscan_log the .log's path, or its content "
+            "(bytes or text)"
+        ) from None
+
+
 def parse_skyscan_log(
-    data: bytes | str, *, source: str | None = None, validate: bool = False
+    data: bytes | str | os.PathLike[str], *, source: str | None = None, validate: bool = False
 ) -> SkyScanLog:
     """Parse a SkyScan/NRecon ``.log`` file.
 
@@ -382,8 +401,10 @@ def parse_skyscan_log(
 
     Parameters
     ----------
-    data : bytes or str
-        The file content; ``str`` is taken as already decoded.
+    data : bytes, str or os.PathLike
+        The file content (``str``: already decoded), or the file itself: a path (``Path``, or,
+        without ``source``, a one-line string without ``=``, which no log's content is) or an
+        fsspec URL.
     source : str, optional
         The file's path or URL, named in every message about this log.
     validate : bool, default False
@@ -402,8 +423,16 @@ def parse_skyscan_log(
         Only with ``validate``: the log is empty or binary, or a value is malformed or
         unphysical; the message names ``source``, each key, its value and the fix.
     TypeError
-        If ``data`` is neither bytes nor str.
+        If ``data`` is neither bytes, str nor a path.
+    FileNotFoundError
+        If ``data`` names a file that does not exist.
     """
+    if isinstance(data, os.PathLike) or (
+        isinstance(data, str) and source is None and _names_a_file(data)
+    ):
+        path = os.fspath(data)
+        data = _read_log_file(path)
+        source = source or path
     if isinstance(data, bytes | bytearray | memoryview):
         text = bytes(data).decode("latin-1")
     elif isinstance(data, str):

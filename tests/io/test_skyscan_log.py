@@ -246,3 +246,20 @@ def test_round_trip(sections):
                     assert value.encode("latin-1") in data
     # writing the parsed log again gives the same bytes
     assert format_skyscan_log(log.to_dict()) == data
+
+
+def test_a_path_is_read_not_parsed_as_content(tmp_path):
+    """``parse_skyscan_log("scan.log")`` used to take the name for the content and return an
+    empty log; a ``Path`` raised AttributeError.  Both read the file now, naming it."""
+    from pathlib import Path
+
+    log = tmp_path / "scan.log"
+    log.write_bytes(b"[System]\r\nCamera Pixel Size (um)=35.00\r\n[Acquisition]\r\n"
+                    b"Object to Source (mm)=84.000\r\n")  # fmt: skip
+    for where in (str(log), log, f"file://{log}"):
+        parsed = parse_skyscan_log(where)
+        assert parsed.get("Object to Source (mm)", "Acquisition") == "84.000", where
+        assert parsed.source == str(where if not isinstance(where, Path) else log)
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.log"):
+        parse_skyscan_log(str(tmp_path / "nowhere.log"))
+    assert len(parse_skyscan_log("[System]\nScanner=Skyscan1276\n")) == 1  # content stays content
