@@ -580,19 +580,17 @@ def _results_or_killed(done: Any, tasks: dict[Any, ShardTask]) -> Any:
     """
     from distributed import KilledWorker
 
+    from bonemet_dask.ops.engine import killed_worker_reason
+
     for future in done:
         try:
             yield future.result()
         except KilledWorker as err:
             task = tasks[future]
-            reason = (
-                f"the Dask worker process died {err.allowed_failures + 1} times converting "
-                f"shard {task.shard} (files {task.start}..{task.stop - 1}) of this scan, so the "
-                f"scheduler gave up on it (distributed.scheduler.allowed-failures="
-                f"{err.allowed_failures}); a worker dies like this out of memory or in a "
-                "crashing decoder: read that worker's log, give the workers more memory or "
-                "leave the scan out (--mice), then rerun: the other scans are kept"
-            )
+            reason = killed_worker_reason(
+                err, f"converting shard {task.shard} (files {task.start}..{task.stop - 1}) of "
+                "this scan", "the other scans are kept",
+            )  # fmt: skip
             logger.error("%s: %s", task.group_path, reason)
             yield task, 0, task.paths[0] if task.paths else task.group_path, reason
 

@@ -436,19 +436,36 @@ def _compute_each(finishes: list[Any], client: Any) -> list[Any]:
     return results
 
 
+def killed_worker_reason(err: Exception, doing: str, kept: str) -> str:
+    """Why an output or scan failed when its task killed every worker it ran on, and the fix.
+
+    Parameters
+    ----------
+    err : distributed.KilledWorker
+        The scheduler's verdict (its ``allowed_failures`` and ``last_worker``).
+    doing : str
+        What the task did, e.g. ``"converting shard 0 (files 0..63) of this scan"``.
+    kept : str
+        What a rerun keeps, e.g. ``"the other scans are kept"``.
+    """
+    tries = err.allowed_failures + 1
+    worker = getattr(err.last_worker, "address", err.last_worker)
+    return (
+        f"the Dask worker process died {tries} times {doing} (last on {worker}), so the "
+        f"scheduler gave up on it (distributed.scheduler.allowed-failures="
+        f"{err.allowed_failures}); a worker dies like this out of memory or in a crashing "
+        "native library: read that worker's log, give the workers more memory (memory_limit=, "
+        f"bonemet.memory-budget) or leave its mouse out (--mice); once that is done, rerun: {kept}"
+    )
+
+
 def _killed(path: str, output: Output | None, err: Exception) -> Outcome:
     """The failed outcome of an output one of whose tasks killed every worker it ran on."""
     inputs = ", ".join(scan.path for scan in output.inputs.values()) if output else "?"
-    tries = err.allowed_failures + 1
-    worker = getattr(err.last_worker, "address", err.last_worker)
-    reason = (
-        f"the Dask worker process died {tries} times running a task of this output (input "
-        f"{inputs}; task {err.task!r}, last on {worker}), so the scheduler gave up on it "
-        f"(distributed.scheduler.allowed-failures={err.allowed_failures}); a worker dies like "
-        "this out of memory or in a crashing native library: read that worker's log, give "
-        "the workers more memory (memory_limit=, bonemet.memory-budget) or leave its mouse out "
-        "(--mice); once that is done, rerun: the other outputs are kept and this one resumes"
-    )
+    reason = killed_worker_reason(
+        err, f"running a task of this output (input {inputs}; task {err.task!r})",
+        "the other outputs are kept, and this one resumes",
+    )  # fmt: skip
     logger.error("%s: %s", path, reason)
     return Outcome(path, "failed", reason)
 
