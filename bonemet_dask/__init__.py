@@ -22,6 +22,7 @@ _LAZY = {
     "Stack": ("bonemet_dask.io.catalog", "Stack"),
     "Problem": ("bonemet_dask.io.catalog", "Problem"),
     "parse_skyscan_log": ("bonemet_dask.io.skyscan_log", "parse_skyscan_log"),
+    "read_skyscan_log": ("bonemet_dask.io.skyscan_log", "read_skyscan_log"),
     "connect": ("bonemet_dask.cluster", "connect"),
     "convert": ("bonemet_dask.ops.convert", "convert"),
     "verify": ("bonemet_dask.ops.verify", "verify"),
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
     from bonemet_dask.geometry import ConeGeometry, ParallelGeometry, VolumeGrid
     from bonemet_dask.io.catalog import Catalog, Problem, Stack, scan_source
     from bonemet_dask.io.consolidate import consolidate_store
-    from bonemet_dask.io.skyscan_log import parse_skyscan_log
+    from bonemet_dask.io.skyscan_log import parse_skyscan_log, read_skyscan_log
     from bonemet_dask.io.xr import open_store, stack
     from bonemet_dask.ops.composite import composite, drop_small_changes
     from bonemet_dask.ops.composite_store import composite_store

@@ -16,22 +16,14 @@ Conventions (used by the synthetic generator, reconstruction and every test):
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from bonemet_dask.io.skyscan_log import SkyScanLog
-
-logger = logging.getLogger(__name__)
-
-
-_GEOMETRY_KEYS = ("Object to Source (mm)", "Camera to Source (mm)", "Camera Pixel Size (um)",
-                  "Camera binning", "Rotation Step (deg)", "Number of Files", "Number of Rows",
-                  "Number of Columns", "Optical Axis (line)", "Postalignment")  # fmt: skip
-"""The ``.log`` keys :meth:`ConeGeometry.from_skyscan_log` reads, checked before use."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +46,10 @@ class ConeGeometry:
         Column offset of the rotation axis' projection from the detector centre, pixels.
     optical_axis_row : float or None
         Row hit by the central ray (SkyScan ``Optical Axis (line)``); None means the centre row.
+    calibration : Mapping or None
+        How the values were read from a scanner's ``.log`` (stated and effective distances,
+        the voxel size's origin, every key's decision; JSON-able), recorded in the
+        reconstruction's provenance.  Not compared.
     """
 
     source_to_object: float
@@ -64,6 +60,7 @@ class ConeGeometry:
     angles_deg: np.ndarray = field(repr=False)
     cor_offset: float = 0.0
     optical_axis_row: float | None = None
+    calibration: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.source_to_object < self.source_to_detector:
@@ -86,60 +83,43 @@ class ConeGeometry:
         n_projections: int | None = None,
         n_rows: int | None = None,
         n_cols: int | None = None,
+        full_detector_columns: int | None = None,
     ) -> ConeGeometry:
-        """The geometry a SkyScan acquisition ``.log`` describes.
+        """The geometry a SkyScan acquisition ``.log`` describes, as NRecon reads it.
 
-        Uses ``Object to Source (mm)``, ``Camera to Source (mm)``, ``Camera Pixel Size (um)``
-        times ``Camera binning``, ``Number of Rows/Columns``, ``Number of Files``, ``Rotation Step
-        (deg)`` (angles ``i * step`` from 0), ``Optical Axis (line)`` and ``Postalignment`` (column
-        offset of the rotation axis, pixels).  ``n_*`` override the counts (e.g. from the PNG
-        headers when the log lacks them).
+        The voxel is the log's calibrated ``Image Pixel Size``: the source to axis distance is
+        derived from it (the stated one is kept in :attr:`calibration`).  Rotation direction,
+        start angle, full 360-degree scans, a cropped detector and NRecon's ``Postalignment``
+        set the angles and the axis column; connected (oversize) scans are refused.  Every
+        decision: :func:`bonemet_dask.io.skyscan_geometry.read_geometry`.
+
+        Parameters
+        ----------
+        log : SkyScanLog
+            The acquisition ``.log`` (or NRecon's, which repeats its acquisition section).
+        n_projections, n_rows, n_cols : int, optional
+            Override the counts (e.g. from the PNG headers when the log lacks them).
+        full_detector_columns : int, optional
+            Columns of the uncropped detector at binning 1, for a ``Partial Width=ON`` scan
+            (default: the ``bonemet.skyscan.full-detector-columns`` config, by scanner model).
 
         Raises
         ------
         ValueError
             Naming each key the log lacks and that no argument supplied;
             :class:`~bonemet_dask.io.skyscan_log.SkyScanLogError` (a ValueError) naming each
-            malformed or unphysical value (``Object to Source (mm)='0' must be > 0``...).
+            malformed, unphysical or unsupported value (``Object to Source (mm)='0' must be >
+            0``, ``Number of connected scans='2'``...) with its fix.
         """
-        log.validate(keys=_GEOMETRY_KEYS)  # a 0 or a NaN is named as such, not as "lacks"
-        summary = log.summary
-        binning = summary.camera_binning or (1, 1)
-        values = {
-            "Object to Source (mm)": summary.object_to_source_mm,
-            "Camera to Source (mm)": summary.camera_to_source_mm,
-            "Camera Pixel Size (um)": summary.camera_pixel_size_um,
-            "Rotation Step (deg)": summary.rotation_step_deg,
-            "Number of Files": n_projections or summary.number_of_files,
-            "Number of Rows": n_rows or summary.number_of_rows,
-            "Number of Columns": n_cols or summary.number_of_columns,
-        }
-        missing = [key for key, value in values.items() if not value]
-        if missing:
-            raise ValueError(
-                f"the .log lacks {', '.join(missing)}; pass the counts as arguments or build a "
-                "ConeGeometry(...) by hand"
-            )
-        geometry = cls(
-            source_to_object=float(values["Object to Source (mm)"]),
-            source_to_detector=float(values["Camera to Source (mm)"]),
-            detector_pixel=float(values["Camera Pixel Size (um)"]) * binning[0] / 1000,
-            n_rows=int(values["Number of Rows"]),
-            n_cols=int(values["Number of Columns"]),
-            angles_deg=np.arange(int(values["Number of Files"]))
-            * float(values["Rotation Step (deg)"]),
-            cor_offset=float(summary.postalignment or 0.0),
-            optical_axis_row=summary.optical_axis_line,
-        )
-        stated = summary.image_pixel_size_um
-        if stated and abs(geometry.voxel_size * 1000 / stated - 1) > 0.01:
-            logger.warning(
-                "the .log states Image Pixel Size %.4f um but its distances and camera pixel give "
-                "%.4f um; using the distances",
-                stated,
-                geometry.voxel_size * 1000,
-            )
-        return geometry
+        from bonemet_dask.io.skyscan_geometry import read_geometry
+
+        return read_geometry(
+            log,
+            n_projections=n_projections,
+            n_rows=n_rows,
+            n_cols=n_cols,
+            full_detector_columns=full_detector_columns,
+        ).geometry
 
     @property
     def magnification(self) -> float:

@@ -16,7 +16,7 @@ from typing import Final
 
 from bonemet_dask.io.skyscan_log import SkyScanLog, SkyScanLogError, normalise_key
 
-__all__ = ["LogIssue", "check_skyscan_log"]
+__all__ = ["LogIssue", "check_skyscan_log", "spelling"]
 
 # key -> (kind, rule, what the value is, an example): the values convert, geometry and
 # reconstruct use; "positive" is finite and > 0, "finite" any finite number.
@@ -39,6 +39,14 @@ _PHYSICAL: Final = (
     ("Maximum for CS to Image Conversion", "float", "finite", "the grey window's high end",
      "0.070000"),
     ("Use 360 Rotation", "bool", "any", "whether the scan turned 360 deg", "NO"),
+    ("Scanning Start Angle", "float", "finite", "the angle of the first projection", "0.000"),
+    ("Image crop origin X", "float", "finite", "the first column of a cropped detector", "0"),
+    ("Image crop origin Y", "float", "finite", "the first row of a cropped detector", "0"),
+    ("Partial Width", "bool", "any", "whether the detector was cropped", "OFF"),
+    ("Number of connected scans", "int", "positive", "the sub-scans of an oversize scan",
+     "1"),
+    ("Reference Intensity", "float", "positive", "the flat-field level", "58000"),
+    ("Image Rotation", "float", "finite", "the camera's in-plane tilt in degrees", "0.0000"),
 )  # fmt: skip
 _ORIGINAL: Final = "or copy it from the scanner's original .log"
 
@@ -119,7 +127,7 @@ def check_skyscan_log(log: SkyScanLog, *, keys: Iterable[str] | None = None) -> 
         value = log.get(key)
         if value is None or (wanted is not None and _squash(key) not in wanted):
             continue
-        spelled = _spelling(log, key)
+        spelled = spelling(log, key)
         fix = f"set it to {what} (e.g. {spelled}={example}) {_ORIGINAL}"
         problem = _physical_problem(log, kind, rule, key)
         if problem is not None:
@@ -134,8 +142,8 @@ def check_skyscan_log(log: SkyScanLog, *, keys: Iterable[str] | None = None) -> 
     )  # fmt: skip
     for low, high, why in pairs:
         if low in numbers and high in numbers and not numbers[high] > numbers[low]:
-            spelled = _spelling(log, high)
-            problem = f"is not greater than {_spelling(log, low)}={log.get(low)!r}: {why}"
+            spelled = spelling(log, high)
+            problem = f"is not greater than {spelling(log, low)}={log.get(low)!r}: {why}"
             fix = "correct the wrong one, or copy both from the scanner's original .log"
             issues.append(LogIssue(spelled, log.get(high), problem, fix, source))
     return issues
@@ -161,7 +169,7 @@ def _physical_problem(log: SkyScanLog, kind: str, rule: str, key: str) -> str | 
     return None
 
 
-def _spelling(log: SkyScanLog, key: str) -> str:
+def spelling(log: SkyScanLog, key: str) -> str:
     """The key as the file spells it (first section holding it), else as given."""
     norm, squashed = normalise_key(key), _squash(key)
     for entries in log.key_names.values():

@@ -39,6 +39,7 @@ __all__ = [
     "normalise_key",
     "nrecon_reference",
     "parse_skyscan_log",
+    "read_skyscan_log",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ FLOAT_DECIMALS: Final[Mapping[str, int]] = MappingProxyType(
         "scaled image pixel size (um)": 6,
         "rotation step (deg)": 3,
         "image rotation": 4,
+        "scanning start angle": 3,
         "cameraxyratio": 4,
         "postalignment": 2,
         "pixel size (um)": 5,
@@ -372,20 +374,69 @@ def _to_binning(value: str | None, key: str) -> tuple[int, int] | None:
 
 
 def _names_a_file(text: str) -> bool:
-    """Whether a string passed as a log is its path: one line, no ``Key=Value`` in it."""
-    return bool(text.strip()) and "=" not in text and "\n" not in text and "\r" not in text
+    """Whether a string passed as a log is its path.
+
+    One line that names an existing file, or one line without ``Key=Value`` (no log's content
+    is that): a missing file is then reported as missing, never parsed as an empty log.
+    """
+    if not text.strip() or "\n" in text or "\r" in text:
+        return False
+    return "=" not in text or os.path.isfile(text)
 
 
-def _read_log_file(path: str) -> bytes:
+def read_skyscan_log(
+    path: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    validate: bool = False,
+) -> SkyScanLog:
+    """Read and parse a SkyScan/NRecon ``.log`` file from a local path or an fsspec URL.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``"scan.log"``, a :class:`pathlib.Path`, or a URL such as ``"s3://bucket/scan.log"``
+        or ``"hf://datasets/BoneMet/BoneMet/.../851.log"``.
+    storage_options : Mapping, optional
+        Passed to fsspec for a remote URL (credentials, endpoint).
+    validate : bool, default False
+        Also check the physical values (see :func:`parse_skyscan_log`).
+
+    Returns
+    -------
+    SkyScanLog
+        With ``source`` set to ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    TypeError
+        If ``path`` is neither a str nor a path.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"path must be a str or os.PathLike naming the .log, not {type(path).__name__}; "
+            "parse content already read with parse_skyscan_log(data)"
+        )
+    name = os.fspath(path)
+    return parse_skyscan_log(_read_log_file(name, storage_options), source=name, validate=validate)
+
+
+def _read_log_file(path: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
     import fsspec
 
     try:
-        with fsspec.open(path, "rb") as handle:
+        with fsspec.open(path, "rb", **dict(storage_options or {})) as handle:
             return handle.read()
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{path!r} is not a file: pass parse_skyscan_log the .log's path, or its content "
-            "(bytes or text)"
+            f"{path!r} is not a file: pass the .log's path (read_skyscan_log), or its content "
+            "(bytes or text) to parse_skyscan_log"
+        ) from None
+    except IsADirectoryError:
+        raise FileNotFoundError(
+            f"{path!r} is a folder: pass the .log file inside it, e.g. {path.rstrip('/')}/851.log"
         ) from None
 
 
@@ -403,8 +454,9 @@ def parse_skyscan_log(
     ----------
     data : bytes, str or os.PathLike
         The file content (``str``: already decoded), or the file itself: a path (``Path``, or,
-        without ``source``, a one-line string without ``=``, which no log's content is) or an
-        fsspec URL.
+        without ``source``, a one-line string that names an existing file or has no ``=``,
+        which no log's content is) or an fsspec URL.  :func:`read_skyscan_log` says it
+        explicitly.
     source : str, optional
         The file's path or URL, named in every message about this log.
     validate : bool, default False

@@ -118,6 +118,22 @@ def is_full_scan(angles_deg: np.ndarray, *, scan_range_deg: float | None = None)
     return scan_range >= 360.0 - step - 1e-6
 
 
+def full_scan_weights(angles_deg: np.ndarray, n_cols: int) -> np.ndarray:
+    """Redundancy weights of a full turn, float64 ``(n_angles, n_cols)``: 0.5 per view.
+
+    Every ray of a full turn is measured twice, so each view weighs half.  A scan whose last
+    view closes the turn (SkyScan takes ``360 / step + 1`` views, the last at 360 degrees, the
+    first's direction again) gives the first and last view 0.25 each: the periodic trapezoid
+    rule, so that the closing direction is not counted twice.
+    """
+    angles = np.asarray(angles_deg, np.float64)
+    weights = np.full((angles.size, n_cols), 0.5)
+    span, step = _scan_range(angles)
+    if abs(span - 360.0) < step / 2:
+        weights[[0, -1]] = 0.25
+    return weights
+
+
 def parker_weights(
     angles_deg: np.ndarray, fan_angles_rad: np.ndarray, *, scan_range_deg: float | None = None
 ) -> np.ndarray:
@@ -137,7 +153,8 @@ def parker_weights(
     -------
     numpy.ndarray
         ``(n_angles, n_cols)`` weights.  A full scan (``range >= 360 - step``) needs no Parker
-        weighting: every ray is measured twice and the weight is 0.5 everywhere.  A short scan
+        weighting: every ray is measured twice and the weight is 0.5
+        (:func:`full_scan_weights`, which halves it again on a closing view).  A short scan
         gets generalised Parker weights whose ray pairs sum to one.
 
     Notes
@@ -160,7 +177,7 @@ def parker_weights(
             f"angles_deg and fan_angles_rad must be 1-D, got shapes {angles.shape}, {gamma.shape}"
         )
     if is_full_scan(angles, scan_range_deg=scan_range_deg):
-        return np.full((angles.size, gamma.size), 0.5)
+        return full_scan_weights(angles, gamma.size)
     span, _ = _scan_range(angles)
     scan_range = np.deg2rad(span if scan_range_deg is None else float(scan_range_deg))
     if scan_range < np.pi:

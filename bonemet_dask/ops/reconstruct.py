@@ -165,13 +165,35 @@ def _region_args(data: da.Array, a: tuple[int, int], r: tuple[int, int]) -> tupl
 def _air(data: da.Array, air: float | None, attrs: dict[str, Any]) -> float | None:
     """The air level of raw intensities (None for line integrals), unless given.
 
-    Estimated from a small eager sample: 8 whole projections spread over the scan.
+    The ``.log``'s ``Reference Intensity`` (the flat-field level of the saved projections) when
+    the projections carry their log and it fits their dtype; else estimated from a small eager
+    sample: 8 whole projections spread over the scan.
     """
     if attrs.get("kind") == "line_integral":
         return None
     if air is None:
+        air = _logged_air(data.dtype, attrs)
+    if air is None:
         air = intensity.air_level(np.asarray(data[:: max(1, data.shape[0] // 8)]))
     return air
+
+
+def _logged_air(dtype: np.dtype, attrs: dict[str, Any]) -> float | None:
+    """``Reference Intensity`` of the projections' ``.log``, when it can be their air level."""
+    from bonemet_dask.io.skyscan_geometry import reference_intensity
+
+    source = (attrs.get("bonemet") or attrs).get("source") or {}
+    reference = reference_intensity(source.get("log")) if source.get("log") else None
+    if reference is None:
+        return None
+    if np.issubdtype(dtype, np.integer) and reference > np.iinfo(dtype).max:
+        logger.warning(
+            "%s: the .log's Reference Intensity %g exceeds the %s projections' range (they were "
+            "rescaled after acquisition); estimating the air level from the projections",
+            source.get("path", "projections"), reference, np.dtype(dtype),
+        )  # fmt: skip
+        return None
+    return float(reference)
 
 
 def default_grid(geometry: ConeGeometry) -> VolumeGrid:
@@ -231,7 +253,8 @@ def reconstruct(
     short_scan : bool
         Parker-weight scans shorter than a full turn (default).
     air : float, optional
-        Unattenuated intensity; default estimated from the brightest pixels.
+        Unattenuated intensity; default the ``.log``'s ``Reference Intensity`` (the flat-field
+        level) when the projections carry their log, else estimated from the brightest pixels.
     backend : {"auto", "numpy", "cupy"}
         Where the filter and backprojection tasks run: ``"auto"`` uses CuPy on workers with a
         working GPU and numpy elsewhere (decided per task), ``"cupy"`` requires a GPU.  Results
@@ -321,7 +344,7 @@ def reconstruct(
     volume = da.Array(graph, out, chunks=chunks, meta=np.empty((0, 0, 0), np.float32))
     result = _labelled(
         volume, grid, geometry, projections.attrs, filter=filter, short_scan=short_scan,
-        backend=backend,
+        backend=backend, air=air,
     )  # fmt: skip
     result.attrs["bonemet"]["provenance"]["largest_task_bytes"] = int(largest)
     if nrecon:
@@ -414,7 +437,7 @@ def _labelled(volume, grid, geometry, attrs, **parameters) -> xr.DataArray:
         "package": "bonemet-dask",
         "version": __version__,
         "stage": "reconstruct",
-        "algorithm": "FDK" + (", Parker short-scan weights" if parameters["short_scan"] else ""),
+        "algorithm": _algorithm(geometry, parameters["short_scan"]),
         "parameters": parameters,
         "geometry": {
             "source_to_object_mm": geometry.source_to_object,
@@ -424,6 +447,11 @@ def _labelled(volume, grid, geometry, attrs, **parameters) -> xr.DataArray:
         }
         if geometry is not None
         else {"kind": "parallel"},
+        **(
+            {"scanner_log": dict(geometry.calibration)}
+            if getattr(geometry, "calibration", None)
+            else {}
+        ),
         "voxel_size_um": h_um,
         "units": "1/mm",
     }
@@ -431,6 +459,15 @@ def _labelled(volume, grid, geometry, attrs, **parameters) -> xr.DataArray:
         volume, dims=("slice", "y", "x"), coords=coords, name="attenuation",
         attrs={"bonemet": {"provenance": provenance}},
     )  # fmt: skip
+
+
+def _algorithm(geometry: ConeGeometry | None, short_scan: bool) -> str:
+    """How the views were weighted, in words (a full turn needs no Parker weights)."""
+    if geometry is None or not short_scan:
+        return "FDK"
+    if fdk.is_full_scan(geometry.angles_deg):
+        return "FDK, full-turn weights (0.5 per view)"
+    return "FDK, Parker short-scan weights"
 
 
 def to_uint8(volume: xr.DataArray, window: tuple[float, float] | None = None) -> xr.DataArray:

@@ -36,7 +36,7 @@ WINDOW_FROM_LOG = "NRecon .log (Minimum/Maximum for CS to Image Conversion)"
 
 @dataclass(frozen=True, kw_only=True)
 class Reconstruct(Stage, name="reconstruct", reads="rotation_xray", writes="recon_ct"):
-    """Cone-beam FDK (Parker short-scan weights) of every selected projection scan."""
+    """Cone-beam FDK (Parker weights for a short scan) of every selected projection scan."""
 
     filter: str = setting("hamming", f"Ramp window: {', '.join(WINDOWS)}.")
     window: tuple[float, float] | None = setting(

@@ -95,19 +95,31 @@ positive = st.floats(0.1, 1e4)  # SkyScan writes a camera pixel with 2 decimals:
 
 @st.composite
 def physical_logs(draw) -> dict[str, dict[str, object]]:
+    """Logs a scanner could write: the calibrated pixel within 10% of what the distances give,
+    and the angles of at most one turn (a full turn when Use 360 Rotation says so)."""
     source_to_object = draw(st.floats(1.0, 500.0))
+    source_to_detector = source_to_object + draw(st.floats(1.0, 500.0))
+    camera = draw(positive)
+    binning = (draw(st.integers(1, 8)), draw(st.integers(1, 8)))
+    calibration = draw(st.floats(0.9, 1.1))
+    pitch = camera * binning[0]
+    image_pixel = min(pitch * source_to_object / source_to_detector * calibration, 0.99 * pitch)
+    step = draw(st.floats(0.01, 10.0))
+    full_turn = draw(st.booleans())
+    turn = math.floor(360 / step)
+    files = turn + 1 if full_turn else draw(st.integers(1, max(1, min(turn, 10_000))))
     return {
-        "System": {"Camera Pixel Size (um)": draw(positive)},
+        "System": {"Camera Pixel Size (um)": camera},
         "Acquisition": {
-            "Number Of Files": draw(st.integers(1, 10_000)),
+            "Number Of Files": files,
             "Number of Rows": draw(st.integers(1, 10_000)),
             "Number of Columns": draw(st.integers(1, 10_000)),
-            "Camera binning": f"{draw(st.integers(1, 8))}x{draw(st.integers(1, 8))}",
-            "Image Pixel Size (um)": draw(positive),
+            "Camera binning": f"{binning[0]}x{binning[1]}",
+            "Image Pixel Size (um)": max(image_pixel, 1e-6),
             "Object to Source (mm)": source_to_object,
-            "Camera to Source (mm)": source_to_object + draw(st.floats(1.0, 500.0)),
-            "Rotation Step (deg)": draw(st.floats(0.01, 10.0)),
-            "Use 360 Rotation": draw(st.booleans()),
+            "Camera to Source (mm)": source_to_detector,
+            "Rotation Step (deg)": step,
+            "Use 360 Rotation": full_turn,
             "Postalignment": draw(st.floats(-50.0, 50.0)),
         },
     }
