@@ -319,7 +319,7 @@ def plan(
     if src is None:
         raise typer.BadParameter("give SRC, or --profile full", param_hint="SRC")
     try:
-        catalog = scan_source(src)
+        catalog = scan_source(src, selection=selection)  # pushed down to a remote listing
     except FileNotFoundError as err:
         err_console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(EXIT_FAILURE) from None

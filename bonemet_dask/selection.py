@@ -64,6 +64,31 @@ def _items(value: Any) -> list[Any]:
     raise SelectionError(f"{value!r} ({type(value).__name__}) is not a value or list of values")
 
 
+_MAX_MICE_RANGE: Final = 100_000
+"""A range of more animal ids than this is refused as a typing mistake."""
+
+
+def _mouse_keys(item: Any) -> list[str]:
+    """The keys of one mouse item: an id, or a range of numeric ids ``"851-860"``."""
+    if isinstance(item, range):
+        return [mouse_key(m) for m in item]
+    if isinstance(item, str):
+        match = _RANGE_RE.match(item.strip())
+        if match:
+            lo, hi = int(match.group(1)), int(match.group(2))
+            if hi < lo:
+                raise SelectionError(
+                    f"mice={item!r}: the range runs backwards; write {hi}-{lo}"
+                )
+            if hi - lo >= _MAX_MICE_RANGE:
+                raise SelectionError(
+                    f"mice={item!r} spans {hi - lo + 1:,} ids; select at most "
+                    f"{_MAX_MICE_RANGE:,} per range"
+                )
+            return [str(m) for m in range(lo, hi + 1)]
+    return [mouse_key(item)]
+
+
 def _parse_weeks(value: Any) -> tuple[int, ...]:
     weeks: list[int] = []
     for item in _items(value):
@@ -121,7 +146,8 @@ class Selection:
     """Mice, weeks, sides and components to work on; ``None`` selects everything.
 
     Build it with :meth:`of`, which accepts what users write: ``mice="851"``, ``851``,
-    ``["851", 852]``, ``"851,852"``; ``weeks=0``, ``[0, 2]``, ``"0,2-4"``, ``range(3)``;
+    ``["851", 852]``, ``"851,852"``, ``"851-860"``; ``weeks=0``, ``[0, 2]``, ``"0,2-4"``,
+    ``range(3)``;
     ``sides="left"`` or ``["left", "right"]``; ``components="recon_ct"`` or folder spellings
     (``"2. Recon-CT"``).
 
@@ -164,7 +190,8 @@ class Selection:
             items = _items(mice)
             if not items:
                 raise SelectionError(f"mice={mice!r} names no animal; leave it out to select all")
-            base = _with(base, mice=tuple(dict.fromkeys(mouse_key(m) for m in items)))
+            keys = [key for item in items for key in _mouse_keys(item)]
+            base = _with(base, mice=tuple(dict.fromkeys(keys)))
         if weeks is not None:
             base = _with(base, weeks=_parse_weeks(weeks))
         if sides is not None:

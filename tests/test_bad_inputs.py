@@ -255,6 +255,15 @@ def _log_nan(src):
     set_log_value(src, PROJ, "Image Pixel Size (um)", "nan")
 
 
+def _log_connected(src):
+    set_log_value(src, PROJ, "Number of connected scans", "2")
+
+
+def _log_cropped(src):
+    set_log_value(src, PROJ, "Partial Width", "ON")
+    set_log_value(src, PROJ, "Image crop origin X", "12")
+
+
 def _log_empty(src):
     log_of(src, PROJ).write_bytes(b"")
 
@@ -378,6 +387,14 @@ CASES = [
     Case(".log Object to Source = 0", _log_zero_source, 3, PROJ, r"Object to Source"),
     Case(".log NaN pixel size", _log_nan, 3, PROJ, r"Image Pixel Size"),
     Case("empty .log", _log_empty, 3, PROJ, r"empty|no .*key|missing"),
+    Case("connected (oversize) scan", _log_connected, 3, PROJ, r"connected scans.*NRecon"),
+    Case(
+        "cropped detector of unknown width",
+        _log_cropped,
+        3,
+        PROJ,
+        r"Partial Width.*full-detector-columns",
+    ),
     Case("binary .log", _log_binary, 3, PROJ, r"\.log"),
     Case(
         ".log camera inside the source distance", _log_camera_inside, 3, PROJ, r"Camera to Source"

@@ -16,7 +16,9 @@ from bonemet_dask.selection import (
 @pytest.mark.parametrize(
     ("mice", "expected"),
     [("851", ("851",)), (851, ("851",)), (["851", 852], ("851", "852")),
-     ("851, 0852", ("851", "852")), (("0851", 851), ("851",))],
+     ("851, 0852", ("851", "852")), (("0851", 851), ("851",)),
+     ("851-853", ("851", "852", "853")), ("851-852,0900", ("851", "852", "900")),
+     (range(851, 853), ("851", "852")), ("851L", ("851L",))],
 )  # fmt: skip
 def test_mice_as_string_int_or_list(mice, expected):
     assert Selection.of(mice=mice).mice == expected
@@ -43,6 +45,8 @@ def test_weeks_as_int_list_or_range_text(weeks, expected):
         ({"components": "bone"}, "'bone' is not one of rotation_xray"),
         ({"mice": True}, "animal ids"),
         ({"mice": ""}, "names no animal"),
+        ({"mice": "860-851"}, "runs backwards; write 851-860"),
+        ({"mice": "1-1000000"}, "spans 1,000,000 ids"),
     ],
 )
 def test_malformed_selectors_name_the_fix(selectors, message):

@@ -9,9 +9,9 @@ import itertools
 import logging
 import posixpath
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from bonemet_dask.io._tree_listing import Listing, Skipped
 from bonemet_dask.io.catalog import (
@@ -39,6 +39,9 @@ from bonemet_dask.naming import (
     parse_scan_folder,
     parse_week,
 )
+
+if TYPE_CHECKING:
+    from bonemet_dask.selection import Selection
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class Walk:
         )
 
     def stacks(
-        self, *, read_headers: bool, max_pixels: int, mice: frozenset[str] | None = None
+        self, *, read_headers: bool, max_pixels: int, chosen: Selection | None = None
     ) -> tuple[Stack, ...]:
         pending: list[_Pending] = []
         broken: dict[str, int] = {}  # topmost folder that breaks the layout -> files skipped
@@ -128,8 +131,8 @@ class Walk:
                     "pass the folder that holds 'Imagery_Dataset'",
                 )
             )
-        if mice is not None:  # before any file is opened: other mice cost only their listing
-            pending = [p for p in pending if _mouse_of(p[2]) in mice]
+        if chosen is not None:  # before any file is opened: other scans cost their listing only
+            pending = [p for p in pending if _chosen(chosen, p)]
         headers = self._read_headers(pending) if read_headers else {}
         logs = self._read_logs(pending)
         built = [
@@ -251,10 +254,56 @@ def _broken_level(after: list[str]) -> int | None:
 
 def _mouse_of(scan_name: str) -> str | None:
     """The selection key of a scan folder's mouse (:func:`~bonemet_dask.selection.mouse_key`)."""
-    from bonemet_dask.selection import mouse_key
+    from bonemet_dask.selection import SelectionError, mouse_key
 
     scan = parse_scan_folder(scan_name)
-    return None if scan is None else mouse_key(scan.mouse)
+    if scan is None:
+        return None
+    try:
+        return mouse_key(scan.mouse)
+    except SelectionError:
+        return None
+
+
+def _chosen(chosen: Selection, pending: _Pending) -> bool:
+    """Whether a stack found is of the selected mice, weeks and components."""
+    _, component, scan_name, week_name = pending
+    return chosen.matches(component=component, week=parse_week(week_name)) and (
+        chosen.mice is None or _mouse_of(scan_name) in chosen.mice
+    )
+
+
+def descend_rule(root_path: str, chosen: Selection) -> Callable[[str], bool]:
+    """Whether to list a folder of a tree, for a selection pushed down to the listing.
+
+    A component folder of another component, a scan folder of another mouse and a week
+    folder of another week are not listed (at either nesting, ``<scan>/week <k>`` or
+    ``week <k>/<scan>``); every other folder is, so the records, unknown folders and broken
+    layouts under the selection are still found and reported.
+    """
+    root_name = posixpath.basename(root_path)
+
+    def descend(path: str) -> bool:
+        rel = path[len(root_path) :].strip("/")
+        segments = [root_name, *(rel.split("/") if rel else [])]
+        hits = [(i, c) for i, seg in enumerate(segments) if (c := parse_component(seg))]
+        if not hits:
+            return True
+        position, component = hits[-1]
+        after = segments[position + 1 :]
+        if not after:
+            return chosen.matches(component=component)
+        if len(after) > 2:
+            return True
+        week = parse_week(after[-1])
+        if week is not None:
+            return chosen.matches(week=week)
+        if chosen.mice is None:
+            return True
+        mouse = _mouse_of(after[-1])
+        return mouse is None or mouse in chosen.mice
+
+    return descend
 
 
 def _build_stack(
@@ -310,6 +359,8 @@ def _build_stack(
         log_path, extra = candidates[0], tuple(candidates[1:])
         log, problem = _load_log(log_path, logs.get(log_path))
         problems += [problem] if problem else []
+        if log is not None and component == "rotation_xray":
+            problems += _acquisition_problems(log_path, log)
         expected = expected_file_count(log) if log else None
         if expected is not None and expected != n_png:
             problems.append(
@@ -416,6 +467,16 @@ def _load_log(
     if issues:
         return None, Problem.of("invalid-log", path, reason="; ".join(i.reason for i in issues))
     return log, None
+
+
+def _acquisition_problems(path: str, log: SkyScanLog) -> list[Problem]:
+    """What of a projection scan's acquisition the reconstruction refuses (this scan only)."""
+    from bonemet_dask.io.skyscan_geometry import unsupported
+
+    issues = unsupported(log)
+    if not issues:
+        return []
+    return [Problem.of("unsupported-scan", path, reason="; ".join(i.reason for i in issues))]
 
 
 def _flag_duplicates(stacks: list[Stack]) -> list[Stack]:

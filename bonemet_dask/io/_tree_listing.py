@@ -4,8 +4,10 @@ Private to :mod:`bonemet_dask.io.catalog`.  A local tree is walked with ``os.sca
 ``lstat``, so a FIFO, socket or device is seen for what it is and never opened (opening a FIFO
 blocks until something writes to it), and symbolic links are followed only where their target
 stays inside the tree (or everywhere with ``follow_symlinks=True``), never round a loop.  Other
-filesystems are listed with ``fs.find(detail=True)``; an entry whose ``type`` is neither ``file``
-nor ``directory`` is left out the same way.  Zarr stores under the tree (a folder holding
+filesystems are listed with ``fs.find(detail=True)``, or, given a ``descend`` rule (a selection
+pushed down: the hub, an object store), folder by folder with ``fs.ls``, never into a folder the
+rule refuses; an entry whose ``type`` is neither ``file`` nor ``directory`` is left out the same
+way.  Zarr stores under the tree (a folder holding
 ``zarr.json``, ``.zgroup`` or ``.zarray`` and no PNG) are not descended into.
 """
 
@@ -16,7 +18,7 @@ import logging
 import os
 import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -72,7 +74,13 @@ class Listing:
     stores: list[tuple[str, str]] = field(default_factory=list)
 
 
-def list_tree(fs: Any, root_path: str, *, follow_symlinks: bool = False) -> Listing:
+def list_tree(
+    fs: Any,
+    root_path: str,
+    *,
+    follow_symlinks: bool = False,
+    descend: Callable[[str], bool] | None = None,
+) -> Listing:
     """List every regular file and folder under ``root_path``, and what was left out.
 
     Parameters
@@ -84,6 +92,10 @@ def list_tree(fs: Any, root_path: str, *, follow_symlinks: bool = False) -> List
         The root as the filesystem spells it.
     follow_symlinks : bool, default False
         Also follow links whose target lies outside the tree (those inside are always followed).
+    descend : callable, optional
+        ``descend(folder)`` says whether a folder below the root is listed at all.  Given, a
+        filesystem other than the local one is listed folder by folder (one ``ls`` each) and
+        what a refused folder holds is never requested; a local tree is walked whole.
 
     Returns
     -------
@@ -100,6 +112,8 @@ def list_tree(fs: Any, root_path: str, *, follow_symlinks: bool = False) -> List
 
     if isinstance(fs, LocalFileSystem):
         listing = _walk_local(root_path, follow_symlinks=follow_symlinks)
+    elif descend is not None:
+        listing = _walk_pruned(fs, root_path, descend)
     else:
         listing = _from_find(root_path, fs.find(root_path, withdirs=True, detail=True))
     _drop_png_folders(listing)
@@ -120,6 +134,36 @@ def _from_find(root_path: str, found: dict[str, dict[str, Any]]) -> Listing:
             listing.files[path] = int(info.get("size") or 0)
         else:
             listing.skipped.append(Skipped(path, "not-regular-file", str(kind or "special file")))
+    return listing
+
+
+def _walk_pruned(fs: Any, root_path: str, descend: Callable[[str], bool]) -> Listing:
+    """List ``root_path`` folder by folder, skipping the folders ``descend`` refuses."""
+    listing = Listing(dirs={root_path})
+    pending = [root_path]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = fs.ls(folder, detail=True)
+        except OSError as exc:
+            if folder == root_path:
+                raise
+            listing.skipped.append(Skipped(folder, "unreadable-entry", _reason(exc)))
+            continue
+        for info in entries:
+            path = str(info.get("name", "")).rstrip("/")
+            if not path or path == folder or not path.startswith(folder.rstrip("/") + "/"):
+                continue
+            kind = info.get("type")
+            if kind == "directory":
+                if descend(path):
+                    listing.dirs.add(path)
+                    pending.append(path)
+            elif kind == "file":
+                listing.files[path] = int(info.get("size") or 0)
+            else:
+                kind_text = str(kind or "special file")
+                listing.skipped.append(Skipped(path, "not-regular-file", kind_text))
     return listing
 
 

@@ -82,6 +82,7 @@ _KINDS: Final[dict[str, tuple[Severity, str]]] = {
     "unreadable-log": ("error", "{path!r} {reason}; the scan's voxel size and geometry are "
                        "unknown: replace it with the scanner's original .log"),
     "invalid-log": ("error", "{path!r}: {reason}"),
+    "unsupported-scan": ("error", "{path!r}: {reason}"),
     "duplicate-scan": ("error", "scan {key} in {path!r} is also in {others}; keep one folder and "
                        "remove or rename the others"),
     "pixel-limit": ("error", "{path!r} claims {w}x{h} (width x height) = {n} pixels, more than "
@@ -135,7 +136,10 @@ slice whose size / bit depth and colour type differ from most of its stack. ``co
 (warning): file count differs from the ``.log`` (see :func:`expected_file_count`).
 ``unreadable-log`` (error): not read, too big, empty or no ``Key=Value`` line. ``invalid-log``
 (error): binary, or a value unphysical or malformed (``skyscan_log.check_skyscan_log``: pixel
-size <= 0, Object to Source >= Camera to Source...). ``duplicate-scan`` (error, on every copy):
+size <= 0, Object to Source >= Camera to Source...). ``unsupported-scan`` (error): projections
+whose acquisition this package refuses to reconstruct (``skyscan_geometry.unsupported``: a
+connected oversize scan, a cropped detector of unknown width, ``Use 360 Rotation=YES`` short
+of a turn...). ``duplicate-scan`` (error, on every copy):
 one (component, mouse, side, week) in two folders. ``pixel-limit`` (error): IHDR width*height >
 ``max_pixels``, never decoded. ``missing-side`` (error): a per-tibia component's scan folder
 names no side.
@@ -518,6 +522,9 @@ def scan_source(
     max_pixels: int = 2**31,
     mice: Any = None,
     follow_symlinks: bool | None = None,
+    weeks: Any = None,
+    components: Any = None,
+    selection: Any = None,
 ) -> Catalog:
     """Find and check every image stack of a BoneMet tree.
 
@@ -532,11 +539,17 @@ def scan_source(
         Read the 33-byte PNG header of every slice (one batched fetch) and check shapes and formats.
     max_pixels : int, default 2**31
         A slice whose header claims more pixels is reported as ``pixel-limit`` (never decoded).
-    mice : optional
-        Only these animals' stacks (a :class:`~bonemet_dask.selection.Selection` ``mice``
-        rule: ``"851-860"``, ``[851, 852]``...): the tree is listed whole, but only their
-        headers and ``.log`` files are read, and only their stacks are in the catalog.  What a
-        job-array task of a few mice needs from a tree of a thousand.
+    mice, weeks, components : optional
+        Only these animals', weeks' and components' stacks (the
+        :class:`~bonemet_dask.selection.Selection` rules: ``mice="851-860"``,
+        ``weeks="0,2-4"``, ``components="recon_ct"``...): only their headers and ``.log``
+        files are read, and only their stacks are in the catalog.  A local tree is listed
+        whole; any other (``hf://``, ``s3://``) is listed folder by folder, never into the
+        folder of another mouse, week or component, so a cohort is read from the Hugging Face
+        hub without listing the other thousand mice.  What a job-array task of a few mice needs.
+    selection : Selection, optional
+        The same as a parsed selection (its ``sides`` are not pushed down: a side's scans need
+        the hindlimb scans of side ``both``).
     follow_symlinks : bool, optional
         Also follow symbolic links whose target lies outside the tree.  Links that stay inside
         are always followed (their contents are cataloged under the link's path); a link not
@@ -563,8 +576,19 @@ def scan_source(
 
     if max_pixels <= 0:
         raise ValueError(f"max_pixels={max_pixels} must be > 0, e.g. 2**31")
+    from bonemet_dask.selection import Selection
+
+    chosen: Selection | None = Selection.of(selection, mice=mice, weeks=weeks,
+                                            components=components)  # fmt: skip
+    chosen = Selection(chosen.mice, chosen.weeks, None, chosen.components)
+    if chosen.everything:
+        chosen = None
     root_str = os.fspath(root)
-    fs, root_path = fsspec.core.url_to_fs(root_str, **(storage_options or {}))
+    try:
+        fs, root_path = fsspec.core.url_to_fs(root_str, **(storage_options or {}))
+    except ImportError as exc:  # the protocol's package is not installed
+        extra = " (pip install 'bonemet-dask[hub]')" if root_str.startswith("hf://") else ""
+        raise ImportError(f"root={root_str!r}: {exc}{extra}") from exc
     root_path = root_path.rstrip("/") or "/"
     hint = "check the path (and storage_options for a remote URL)"
     try:
@@ -575,11 +599,13 @@ def scan_source(
                 f"root={root_str!r} is a file; pass the folder holding 'Imagery_Dataset' "
                 "or a component folder such as '2. Recon-CT'"
             )
+        from bonemet_dask.io._catalog_walk import descend_rule
         from bonemet_dask.io._tree_listing import list_tree
 
         if follow_symlinks is None:
             follow_symlinks = bool(config.get("follow-symlinks", False))
-        listing = list_tree(fs, root_path, follow_symlinks=follow_symlinks)
+        descend = None if chosen is None else descend_rule(root_path, chosen)
+        listing = list_tree(fs, root_path, follow_symlinks=follow_symlinks, descend=descend)
     except (FileNotFoundError, NotADirectoryError):
         raise
     except OSError as exc:
@@ -587,13 +613,7 @@ def scan_source(
     from bonemet_dask.io._catalog_walk import Walk  # the walk imports this module's data model
 
     walk = Walk(fs, root_path, listing)
-    chosen = None
-    if mice is not None:
-        from bonemet_dask.selection import Selection
-
-        keys = Selection.of(None, mice=mice).mice
-        chosen = None if keys is None else frozenset(keys)
-    stacks = walk.stacks(read_headers=read_headers, max_pixels=max_pixels, mice=chosen)
+    stacks = walk.stacks(read_headers=read_headers, max_pixels=max_pixels, chosen=chosen)
     return Catalog(
         root_str,
         stacks,

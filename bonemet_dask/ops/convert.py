@@ -255,11 +255,15 @@ def selected_catalog(
     full = (
         source
         if isinstance(source, Catalog)
-        else scan_source(source, storage_options=storage_options, mice=chosen.mice)
+        # mice and weeks pushed down to the listing; all components, as the projections'
+        # conversion records NRecon's grid from the Recon-CT of the same scan
+        else scan_source(
+            source, storage_options=storage_options, mice=chosen.mice, weeks=chosen.weeks
+        )
     )
     selected = full.select(chosen)
     if require_match and not selected.stacks:
-        if chosen.mice is not None and not isinstance(source, Catalog):  # list what there is
+        if not chosen.everything and not isinstance(source, Catalog):  # list what there is
             full = scan_source(source, storage_options=storage_options, read_headers=False)
         of_components = [s for s in full.stacks if chosen.matches(component=s.component)]
         what = "image stacks" if chosen.components is None else ", ".join(chosen.components)
