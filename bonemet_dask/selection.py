@@ -77,9 +77,7 @@ def _mouse_keys(item: Any) -> list[str]:
         if match:
             lo, hi = int(match.group(1)), int(match.group(2))
             if hi < lo:
-                raise SelectionError(
-                    f"mice={item!r}: the range runs backwards; write {hi}-{lo}"
-                )
+                raise SelectionError(f"mice={item!r}: the range runs backwards; write {hi}-{lo}")
             if hi - lo >= _MAX_MICE_RANGE:
                 raise SelectionError(
                     f"mice={item!r} spans {hi - lo + 1:,} ids; select at most "
