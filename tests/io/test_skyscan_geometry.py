@@ -94,6 +94,45 @@ LOG_1278 = (
 ).encode("latin-1")
 
 
+LOG_1272 = (
+    "[System]\r\n"
+    "Scanner=SkyScan1272\r\n"
+    "Camera Pixel Size (um)=    9.00\r\n"
+    "CameraXYRatio=1.0000\r\n"
+    "[Acquisition]\r\n"
+    "Filename Prefix=14~01\r\n"
+    "Filename Index Length=8\r\n"
+    "Number Of Files=  315\r\n"
+    "Number Of Rows=  672\r\n"
+    "Number Of Columns= 1008\r\n"
+    "Partial Width=OFF\r\n"
+    "Image crop origin X=0\r\n"
+    "Image crop origin Y=0\r\n"
+    "Camera binning=4x4\r\n"
+    "Image Rotation=-0.35000\r\n"
+    "Optical Axis (line)=  300\r\n"
+    "Camera to Source (mm)=273.83609\r\n"
+    "Object to Source (mm)=200.89000\r\n"
+    "Image Pixel Size (um)=26.413040\r\n"
+    "Scaled Image Pixel Size (um)=26.413040\r\n"
+    "Image Format=TIFF\r\n"
+    "Depth (bits)=16\r\n"
+    "Reference Intensity=57000\r\n"
+    "Rotation Step (deg)=0.600\r\n"
+    "Use 360 Rotation=NO\r\n"
+    "Gantry direction=CC\r\n"
+    "Rotation Direction=CC\r\n"
+    "Number of connected scans=2\r\n"
+    "Current scan number=2\r\n"
+    "Number of lines to be reconstructed=503\r\n"
+    "[Reconstruction]\r\n"
+    "Reconstruction Program=NRecon\r\n"
+    "Connected Reconstruction (parts)=2\r\n"
+    "Sub-scan post alignment [0]=1.000000\r\n"
+    "Used extra shift in X per scan(micron)= 0.000  13.629\r\n"
+).encode("latin-1")
+
+
 def edited(raw: bytes, **values: str) -> bytes:
     """``raw`` with keys set (``Rotation_Direction="CW"``), added to [Acquisition] if absent."""
     text = raw.decode("latin-1")
@@ -151,6 +190,25 @@ def test_without_a_calibrated_pixel_the_distances_give_the_voxel():
 def test_a_calibrated_pixel_without_magnification_is_refused():
     with pytest.raises(SkyScanLogError, match=r"Image Pixel Size.*no magnification"):
         geometry_of(edited(LOG_1278, **{"Image Pixel Size (um)": "120.000000"}))
+
+
+def test_logs_of_four_scanner_models(tmp_path):
+    """1272 (binning 4x4, connected), 1275 (a full turn), 1276 (the generator's), 1278."""
+    from bonemet_dask.synth import SynthConfig, generate
+
+    generate(str(tmp_path), SynthConfig(mice=1, weeks=1, components=("rotation_xray",)))
+    (log_1276,) = tmp_path.glob("Imagery_Dataset/*/851/week 0/*.log")
+    single_1272 = edited(LOG_1272, Number_of_connected_scans="1")
+    for raw in (single_1272, LOG_1275, log_1276.read_bytes(), LOG_1278):
+        log = parse_skyscan_log(raw)
+        geometry = ConeGeometry.from_skyscan_log(log)
+        assert geometry.voxel_size * 1000 == pytest.approx(log.summary.image_pixel_size_um)
+        assert geometry.n_cols == log.summary.number_of_columns
+    one = geometry_of(single_1272)
+    assert one.detector_pixel == pytest.approx(0.036)  # 9 um camera pixel, binning 4
+    assert one.calibration["reference_intensity"] == 57000
+    with pytest.raises(SkyScanLogError, match=r"Number of connected scans='2'"):
+        geometry_of(LOG_1272)
 
 
 # ---------------------------------------------------------------------------- the angles
