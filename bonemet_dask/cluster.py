@@ -26,6 +26,7 @@ import getpass
 import logging
 import math
 import os
+import shlex
 import shutil
 import socket
 import time
@@ -373,14 +374,15 @@ def connect(
         from distributed import LocalCluster
 
         workers = n_workers or config.get("cluster.n-workers") or min(4, os.cpu_count() or 1)
-        local = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=threads,
-            processes=True,
-            memory_limit=memory_limit,
-            host=host,
-            dashboard_address=dashboard_address,
-        )
+        with _worker_environ_set():
+            local = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=threads,
+                processes=True,
+                memory_limit=memory_limit,
+                host=host,
+                dashboard_address=dashboard_address,
+            )
         client = _owning(local)
     elif cluster == "gpu":
         try:
@@ -389,13 +391,14 @@ def connect(
             raise ImportError(
                 "cluster='gpu' needs dask-cuda and cupy: pip install 'bonemet-dask[gpu]'"
             ) from err
-        gpu = LocalCUDACluster(
-            threads_per_worker=threads,
-            memory_limit=memory_limit,
-            host=host,
-            dashboard_address=dashboard_address,
-            resources={"GPU": 1},
-        )
+        with _worker_environ_set():
+            gpu = LocalCUDACluster(
+                threads_per_worker=threads,
+                memory_limit=memory_limit,
+                host=host,
+                dashboard_address=dashboard_address,
+                resources={"GPU": 1},
+            )
         client = _owning(gpu)
     elif cluster.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
         client = Client(cluster)
@@ -408,6 +411,47 @@ def connect(
         )
     logger.info("%s", dashboard_hint(client))
     return client
+
+
+def worker_environ() -> dict[str, str]:
+    """Environment variables of the worker processes ``connect`` starts.
+
+    ``bonemet.cluster.worker-environ`` (glibc's malloc thresholds: see ``bonemet.yaml``).
+    They must be in the environment the worker process starts with (glibc reads them at its
+    first allocation), so they go into distributed's ``nanny.pre-spawn-environ``, which a
+    nanny sets before it spawns its worker, not into the ``env`` it sets inside the worker.
+    """
+    values = config.get("cluster.worker-environ") or {}
+    return {str(name): str(value) for name, value in dict(values).items()}
+
+
+def _worker_environ_set():
+    """A config context in which new nannies spawn their workers with :func:`worker_environ`."""
+    import dask
+    import distributed  # noqa: F401  (loads its config defaults)
+
+    merged = {
+        **dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}),
+        **worker_environ(),
+    }
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": merged})
+
+
+def _job_environ_prologue(prologue: list[str]) -> list[str]:
+    """Job-script lines that give the nanny of a batch job :func:`worker_environ`.
+
+    A batch worker's nanny reads ``distributed.nanny.pre-spawn-environ`` from its own
+    environment, so the whole mapping is exported as ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON``.
+    """
+    import dask
+    import distributed  # noqa: F401  (loads its config defaults: nanny.pre-spawn-environ)
+
+    extra = worker_environ()
+    if not extra or any("PRE_SPAWN_ENVIRON" in line for line in prologue):
+        return prologue
+    merged = {**dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}), **extra}
+    literal = repr({str(k): (str(v) if not isinstance(v, int) else v) for k, v in merged.items()})
+    return [*prologue, f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={shlex.quote(literal)}"]
 
 
 def dashboard_on(address: str | int | None, host: str | None) -> str | None:
@@ -540,6 +584,10 @@ def _connect_jobqueue(
         ),
         **(job_kwargs.pop("scheduler_options", None) or {}),
     }
+    prologue = job_kwargs.pop("job_script_prologue", None)
+    if prologue is None:
+        prologue = dask.config.get(prefix + "job-script-prologue", None) or []
+    job_kwargs["job_script_prologue"] = _job_environ_prologue(list(prologue))
     job_cluster = cluster_cls(
         cores=layout.cores,
         memory=layout.memory,

@@ -23,6 +23,7 @@ from bonemet_dask.cluster import (
     job_layout,
     lifetime_args,
     walltime_seconds,
+    worker_environ,
 )
 from bonemet_dask.errors import UsageError
 
@@ -137,6 +138,11 @@ def test_connect_gets_a_worker_from_the_generated_job_script(fake_queue, kind, d
         script = (fake_queue / f"{job}.sh").read_text()
         assert directive in script and "distributed.cli.dask_worker" in script
         assert "--lifetime 510s --lifetime-stagger 30s" in script
+        # the worker got the malloc settings through its nanny (bonemet.cluster.worker-environ)
+        environ = client.run(lambda: dict(os.environ))
+        (seen,) = environ.values()
+        for name, value in worker_environ().items():
+            assert seen[name] == value, name
         hint = dashboard_hint(client)
         assert "ssh -N -L" in hint and "/status" in hint
     finally:
@@ -267,6 +273,9 @@ def test_local_cluster_still_starts_and_hints_a_tunnel():
     with client:
         assert client.submit(sum, [1, 2]).result(timeout=30) == 3
         assert "ssh -N -L" in dashboard_hint(client)
+        (seen,) = client.run(lambda: dict(os.environ)).values()
+        assert seen["MALLOC_MMAP_THRESHOLD_"] == "67108864"  # not distributed's defaults alone
+        assert seen["MALLOC_TRIM_THRESHOLD_"] == "134217728"
     assert cluster.status.name == "closed"  # leaving the client stops the cluster it started
 
 

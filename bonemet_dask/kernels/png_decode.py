@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 import sys
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Final
@@ -54,6 +55,23 @@ _ALLOWED_BIT_DEPTHS: Final[dict[int, tuple[int, ...]]] = {
 _MULTI_CHANNEL: Final = frozenset({2, 4, 6})
 _SUPPORTED: Final = "single-channel PNG (greyscale, or a palette image that decodes to one channel)"
 _LITTLE_ENDIAN: Final = sys.byteorder == "little"
+
+_scratch = threading.local()
+
+
+def _scratch_buffer(name: str, size: int) -> np.ndarray:
+    """A per-thread byte buffer of at least ``size`` bytes, reused from call to call.
+
+    The inflated scanlines and the joined IDAT payload are consumed before the next decode on
+    the same thread, so one buffer each serves every slice: no multi-megabyte allocation per
+    slice (on a Dask worker, where ``MALLOC_TRIM_THRESHOLD_`` is set, each would be fresh
+    pages from the kernel).
+    """
+    buffer = getattr(_scratch, name, None)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(max(size, 1 << 16), np.uint8)
+        setattr(_scratch, name, buffer)
+    return buffer[:size]
 
 
 class PngDecodeError(ValueError):
@@ -233,7 +251,14 @@ def _walk_chunks(
         raise PngDecodeError("PNG has no IDAT chunk: there is no image data", reason="truncated")
     if end + 4 < total:
         logger.debug("ignoring %d bytes after the IEND chunk", total - end - 4)
-    return (*header, idat[0] if len(idat) == 1 else b"".join(idat))
+    if len(idat) == 1:
+        return (*header, idat[0])
+    joined = _scratch_buffer("idat", sum(len(part) for part in idat))
+    at = 0
+    for part in idat:
+        joined[at : at + len(part)] = np.frombuffer(part, np.uint8)
+        at += len(part)
+    return (*header, memoryview(joined))
 
 
 def _parse_ihdr(payload: memoryview) -> tuple[int, int, int, int, int]:
@@ -338,6 +363,8 @@ def _inflate(stream: bytes | memoryview, size: int) -> bytes:
     try:
         if decode is None:  # pragma: no cover
             return zlib.decompress(stream, bufsize=size)
+        if decode is imagecodecs.deflate_decode:  # into this thread's reused buffer
+            return decode(stream, out=_scratch_buffer("inflate", size))
         return decode(stream, out=size)
     except Exception as exc:  # DeflateError / ZlibError / zlib.error
         raise PngDecodeError(

@@ -21,6 +21,13 @@ import numpy as np
 
 _EMPTY = np.uint64(2**64 - 1)
 
+try:
+    from imagecodecs import zstd_encode as _zstd_encode
+
+    _IMAGECODECS_ZSTD = True
+except ImportError:  # pragma: no cover - imagecodecs ships zstd
+    _IMAGECODECS_ZSTD = False
+
 
 @dataclass(frozen=True)
 class ShardCodecPlan:
@@ -32,6 +39,9 @@ class ShardCodecPlan:
     fill_value: Any
     write_empty_chunks: bool
     morton_order: tuple[tuple[int, ...], ...]
+    zstd_level: int | None = None
+    """Set when the compressor is zstd without checksum: then chunks are compressed straight
+    into the shard's buffer (``imagecodecs.zstd_encode``, the same bytes as numcodecs')."""
 
 
 def shard_codec_plan(array: Any) -> ShardCodecPlan | None:
@@ -63,6 +73,7 @@ def shard_codec_plan(array: Any) -> ShardCodecPlan | None:
     if array.dtype.itemsize > 1 and not little:
         return None
     compress: Callable[[np.ndarray], bytes] | None = None
+    zstd_level: int | None = None
     if len(inner) == 2:
         codec = inner[1]
         if isinstance(codec, BloscCodec):
@@ -80,6 +91,7 @@ def shard_codec_plan(array: Any) -> ShardCodecPlan | None:
         elif isinstance(codec, ZstdCodec):
             zstd = numcodecs.Zstd(level=codec.level, checksum=codec.checksum)
             compress = zstd.encode
+            zstd_level = None if codec.checksum or not _IMAGECODECS_ZSTD else int(codec.level)
         else:
             return None
     chunks_per_shard = tuple(
@@ -92,10 +104,11 @@ def shard_codec_plan(array: Any) -> ShardCodecPlan | None:
         fill_value=array.fill_value,
         write_empty_chunks=bool(zarr.config.get("array.write_empty_chunks")),
         morton_order=tuple(morton_order_iter(chunks_per_shard)),
+        zstd_level=zstd_level,
     )
 
 
-def encode_shard(block: np.ndarray, plan: ShardCodecPlan) -> bytes | None:
+def encode_shard(block: np.ndarray, plan: ShardCodecPlan) -> memoryview | None:
     """The stored bytes of one shard holding ``block`` at its origin.
 
     Parameters
@@ -107,17 +120,32 @@ def encode_shard(block: np.ndarray, plan: ShardCodecPlan) -> bytes | None:
 
     Returns
     -------
-    bytes or None
-        The shard object, or None when every inner chunk is fill (zarr then stores nothing).
+    memoryview or None
+        The shard object (bytes-like), or None when every inner chunk is fill (zarr then stores
+        nothing).
+
+    Notes
+    -----
+    One buffer is allocated for the whole shard and one for the chunk being compressed, and
+    zstd writes each chunk straight into the shard's buffer: no allocation per chunk. Dask's
+    worker processes set ``MALLOC_TRIM_THRESHOLD_``, which keeps glibc from reusing large
+    freed blocks, so each per-chunk buffer used to be fresh pages from the kernel: the encode
+    took 1.8x as long on a worker as in a plain process (``benchmarks/suite.py --stages
+    convert``).
     """
     chunk = plan.chunk_shape
     if any(b > s for b, s in zip(block.shape, plan.shard_shape, strict=True)):
         raise ValueError(f"block.shape={block.shape} exceeds the shard shape {plan.shard_shape}")
     grid = tuple(s // c for s, c in zip(plan.shard_shape, chunk, strict=True))
     index = np.full((*grid, 2), _EMPTY, dtype="<u8")
+    dtype = block.dtype.newbyteorder("<")
+    data = block if block.dtype == dtype else block.astype(dtype)
+    scratch = np.empty(chunk, dtype=dtype)
+    chunk_bytes = scratch.nbytes
+    direct = plan.zstd_level is not None or plan.compress is None
+    out = np.empty(len(plan.morton_order) * _bound(chunk_bytes) + index.nbytes + 4, np.uint8)
     parts: list[bytes] = []
     offset = 0
-    data = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<"))
     for coords in plan.morton_order:
         lo = [c * n for c, n in zip(coords, chunk, strict=True)]
         if any(a >= b for a, b in zip(lo, data.shape, strict=True)):
@@ -126,22 +154,44 @@ def encode_shard(block: np.ndarray, plan: ShardCodecPlan) -> bytes | None:
         if not plan.write_empty_chunks and _all_fill(piece, plan.fill_value):
             continue
         if piece.shape != chunk:  # an edge chunk is stored at full size, padded with fill
-            padded = np.full(chunk, plan.fill_value, dtype=data.dtype)
-            padded[tuple(slice(0, n) for n in piece.shape)] = piece
-            piece = padded
-        piece = np.ascontiguousarray(piece)
-        encoded = plan.compress(piece) if plan.compress else piece.tobytes()
-        index[coords] = (offset, len(encoded))
-        parts.append(bytes(encoded))
-        offset += len(encoded)
-    if not parts:
+            scratch.fill(plan.fill_value)
+            scratch[tuple(slice(0, n) for n in piece.shape)] = piece
+        else:
+            np.copyto(scratch, piece)
+        if direct:
+            target = out[offset:]
+            if plan.compress is None:
+                target[:chunk_bytes] = scratch.reshape(-1).view(np.uint8)
+                size = chunk_bytes
+            else:
+                size = len(_zstd_encode(scratch, level=plan.zstd_level, out=target))
+        else:
+            encoded = plan.compress(scratch)  # type: ignore[misc]
+            parts.append(bytes(encoded))
+            size = len(encoded)
+        index[coords] = (offset, size)
+        offset += size
+    if offset == 0 and not parts:
         return None
     index_bytes = index.tobytes()
     checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
-    return b"".join([*parts, index_bytes, checksum])
+    if not direct:
+        return memoryview(b"".join([*parts, index_bytes, checksum]))
+    out[offset : offset + len(index_bytes)] = np.frombuffer(index_bytes, np.uint8)
+    out[offset + len(index_bytes) : offset + len(index_bytes) + 4] = np.frombuffer(
+        checksum, np.uint8
+    )
+    return memoryview(out[: offset + len(index_bytes) + 4])
+
+
+def _bound(n: int) -> int:
+    """``ZSTD_compressBound(n)`` plus a margin: the most one compressed chunk can take."""
+    return n + (n >> 8) + (((128 << 10) - n) >> 11 if n < (128 << 10) else 0) + 64
 
 
 def _all_fill(piece: np.ndarray, fill_value: Any) -> bool:
     if fill_value is None or (isinstance(fill_value, float) and np.isnan(fill_value)):
         return False
+    if fill_value == 0:
+        return not piece.any()  # no boolean temporary of the chunk's size
     return not np.any(piece != fill_value)
