@@ -955,6 +955,66 @@ def demo(
         console.print(f"{label + ':':<15}{path.resolve()}")
 
 
+@app.command()
+def bench(
+    stages: Annotated[
+        str, typer.Option(help="Comma-separated: convert, fdk, fbp, resample, composite.")
+    ] = "convert,fdk,fbp,resample,composite",
+    size: Annotated[str, typer.Option(help="Workload: tiny, small, medium or full.")] = "small",
+    repeat: Annotated[int, typer.Option(help="Timed runs per measurement.", min=1)] = 3,
+    out: Annotated[
+        Path, typer.Option(help="Results (JSON); the figure goes beside it (.png).")
+    ] = Path("bench.json"),
+) -> None:
+    """Every stage against its peers and limits, in one run: JSON results and a figure.
+
+    Runs ``benchmarks/suite.py`` of a source checkout (the peers: pip install -e '.[bench]').
+    """
+    suite = _bench_suite()
+    chosen = [s.strip() for s in stages.split(",") if s.strip()]
+    try:
+        results = suite.run_suite(
+            chosen, size, repeat, out, progress=lambda text: err_console.print(text)
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    from rich.table import Table
+
+    table = Table(title=f"bonemet-dask bench, size {size}", title_justify="left")
+    for column in ("stage", "ratio", "value", "target", "met"):
+        table.add_column(column, justify="left" if column in ("stage", "ratio") else "right")
+    for name, record in results["stages"].items():
+        lines = [(r["name"], r["value"], r["target"], r["met"]) for r in record.get("ratios", [])]
+        if "scaling" in record:
+            scaling = record["scaling"]
+            lines.append(("1 -> 2 workers", scaling["1_to_2"], scaling["target"], scaling["met"]))
+        for label, value, target, met in lines:
+            shown = "-" if met is None else ("yes" if met else "no")
+            table.add_row(name, escape(label), "-" if value is None else f"{value:.3g}",
+                          "-" if target is None else f"{target:g}", shown)  # fmt: skip
+        for peer, why in record.get("skipped", {}).items():
+            table.add_row(name, escape(f"{peer}: skipped"), "-", "-", escape(why))
+    console.print(table)
+    console.print(f"results: {out.resolve()}\nfigure:  {out.with_suffix('.png').resolve()}")
+
+
+def _bench_suite():
+    """``benchmarks/suite.py`` of the checkout this package runs from, or exit 2 saying why."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "suite.py"
+    if not path.is_file():
+        err_console.print(
+            f"bench runs the suite of a source checkout and {path} does not exist: git clone "
+            "the project and pip install -e '.[test,bench]' in it"
+        )
+        raise typer.Exit(EXIT_USAGE)
+    spec = importlib.util.spec_from_file_location("bonemet_bench_suite", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 # ---------------------------------------------------------------- plumbing
 
 
