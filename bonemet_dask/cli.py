@@ -958,8 +958,9 @@ def demo(
 @app.command()
 def bench(
     stages: Annotated[
-        str, typer.Option(help="Comma-separated: convert, fdk, fbp, resample, composite.")
-    ] = "convert,fdk,fbp,resample,composite",
+        str,
+        typer.Option(help="Comma-separated: convert, fdk, fbp, resample, composite, register."),
+    ] = "convert,fdk,fbp,resample,composite,register",
     size: Annotated[str, typer.Option(help="Workload: tiny, small, medium or full.")] = "small",
     repeat: Annotated[int, typer.Option(help="Timed runs per measurement.", min=1)] = 3,
     out: Annotated[

@@ -729,9 +729,19 @@ def _cluster_class(kind: str) -> type:
 
 
 def _owning(cluster: Any) -> Client:
-    """A client of ``cluster`` whose ``close()`` (or ``with`` exit) also stops that cluster."""
+    """A client of ``cluster`` whose ``close()`` (or ``with`` exit) also stops that cluster.
+
+    Its workers, those there now and those that join later, warm up in the background as they
+    start (:class:`~bonemet_dask.warm_up.WarmUp`).
+    """
+    from bonemet_dask.warm_up import WarmUp
+
     client = _client_class()(cluster)
     client._bonemet_cluster = cluster
+    try:
+        client.register_plugin(WarmUp())
+    except Exception:  # an optimisation: a cluster that refuses it still works
+        logger.warning("could not register the worker warm-up plugin", exc_info=True)
     return client
 
 

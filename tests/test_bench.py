@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-STAGES = ("convert", "fdk", "fbp", "resample", "composite")
+STAGES = ("convert", "fdk", "fbp", "resample", "composite", "register")
 
 
 @pytest.mark.bench
@@ -42,6 +42,8 @@ def test_bench_suite_runs_at_tiny_size(tmp_path):
                 assert ratio["met"] == (ratio["value"] >= ratio["target"])
         for peer, why in stage["skipped"].items():
             assert why, peer
+    register = results["stages"]["register"]
+    assert set(register["worst"]) >= {"ours"}  # seconds and pose errors of each method
     convert = results["stages"]["convert"]
     assert convert["memory"]["budget_bytes"] > 0
     assert convert["scaling"]["1_to_2"] > 0

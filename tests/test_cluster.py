@@ -266,6 +266,12 @@ def test_deployment_files_load_and_follow_the_rule():
             assert "--local-directory $TMPDIR" in script and "04:00:00" in script
 
 
+def _warm_up_seconds(dask_worker):
+    plugin = dask_worker.plugins["bonemet-warm-up"]
+    plugin.done.wait(60)
+    return plugin.seconds
+
+
 def test_local_cluster_still_starts_and_hints_a_tunnel():
     with dask.config.set({"bonemet.cluster.dashboard-address": "127.0.0.1:0"}):
         client = bm.connect("local", n_workers=1)
@@ -276,6 +282,9 @@ def test_local_cluster_still_starts_and_hints_a_tunnel():
         (seen,) = client.run(lambda: dict(os.environ)).values()
         assert seen["MALLOC_MMAP_THRESHOLD_"] == "67108864"  # not distributed's defaults alone
         assert seen["MALLOC_TRIM_THRESHOLD_"] == "134217728"
+        # every worker warmed the conversion path up in the background as it started
+        warmed = client.run(_warm_up_seconds)
+        assert warmed and all(seconds is not None and seconds > 0 for seconds in warmed.values())
     assert cluster.status.name == "closed"  # leaving the client stops the cluster it started
 
 
