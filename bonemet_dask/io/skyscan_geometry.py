@@ -68,7 +68,7 @@ GEOMETRY_KEYS: Final = (
     "Image Pixel Size (um)", "Rotation Step (deg)", "Number of Files", "Number of Rows",
     "Number of Columns", "Optical Axis (line)", "Postalignment", "Scanning Start Angle",
     "Image crop origin X", "Image crop origin Y", "Number of connected scans",
-    "Reference Intensity", "Image Rotation", "Use 360 Rotation",
+    "Reference Intensity", "Image Rotation", "Use 360 Rotation", "Partial Width",
 )  # fmt: skip
 """The ``.log`` keys :func:`read_geometry` reads, checked for physical values before use."""
 

@@ -356,3 +356,8 @@ def test_read_skyscan_log_takes_paths_and_urls(tmp_path):
         read_skyscan_log(Path(tmp_path))
     with pytest.raises(TypeError, match="parse content"):
         read_skyscan_log(LOG_1275)  # type: ignore[arg-type]
+
+
+def test_a_malformed_partial_width_is_named():
+    with pytest.raises(SkyScanLogError, match=r"Partial Width='maybe' is not a yes/no word"):
+        geometry_of(edited(LOG_1278, Partial_Width="maybe"))
