@@ -31,6 +31,11 @@ installed (``pip install -e '.[bench]'``: itk-rtk, SimpleITK, astra-toolbox) are
 ``composite``
     ``bm.composite`` of two Regist-CT-sized volumes on 1 and 2 threads against the fastest
     plain-numpy formulation.
+``chain``
+    ``bm.run`` of a synthetic tree (2 mice x 2 weeks, 1 mouse at tiny size; raw projections to
+    metrics) on 1 and on 2
+    one-thread workers, one stage at a time (``until=``, each call computing that stage only):
+    every stage's 1 -> 2 scaling, and the whole pipeline in hindlimb scans per core-hour.
 ``register``
     Two synthetic tibia pairs with known poses on the Regist-CT grid at the size's voxel (a
     20-degree and a 150-degree roll, the later week's lesion grown): ``bm.register`` against
@@ -66,7 +71,7 @@ if str(HERE) not in sys.path:
 
 logger = logging.getLogger("bonemet_dask.bench")
 
-STAGES = ("convert", "fdk", "fbp", "resample", "composite", "register")
+STAGES = ("convert", "fdk", "fbp", "resample", "composite", "register", "chain")
 
 # per size: CT slices (count, side), FDK volume edge, FBP slice, resample and composite volumes
 SIZES: dict[str, dict[str, Any]] = {
@@ -456,6 +461,60 @@ def stage_composite(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------ the chain
+
+CHAIN_SIZES = {"tiny": "tiny", "small": "small", "medium": "small", "full": "medium"}
+"""The synthetic tree each ``--size`` runs the chain on (medium and full cost minutes a scan)."""
+
+
+def stage_chain(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
+    import dask
+
+    import bonemet_dask as bm
+    from bonemet_dask.ops.run import STAGES as CHAIN
+    from bonemet_dask.synth import SynthConfig, generate
+
+    tree = CHAIN_SIZES[size]
+    synth = SynthConfig(mice=1 if size == "tiny" else 2, weeks=2, size=tree, seed=0)
+    source = workdir / "source"
+    generate(str(source), synth)
+    scans = synth.mice * synth.weeks
+    times: dict[int, dict[str, float]] = {}
+    outcomes: dict[str, int] = {}  # exit codes: at tiny size a scan's junction may not be found
+    for workers in (1, 2):
+        with (
+            dask.config.set({"bonemet.cluster.dashboard-address": "127.0.0.1:0"}),
+            bm.connect("local", n_workers=workers, threads_per_worker=1) as client,
+        ):
+            store = workdir / f"chain-{workers}.zarr"
+            times[workers] = {}
+            for stage in CHAIN:
+                started = time.perf_counter()
+                report = bm.run(source, store, until=stage, client=client, progress=None)
+                times[workers][stage] = time.perf_counter() - started
+                outcomes[f"{stage}, {workers} worker(s)"] = report.exit_code
+    rows = []
+    for workers, by_stage in times.items():
+        for stage, seconds in by_stage.items():
+            rows.append(row(f"{stage}, {workers} worker(s)", [seconds], scans, "scans/s"))
+    scaling = {stage: times[1][stage] / times[2][stage] for stage in CHAIN}
+    worst = min(scaling.values())
+    core_hours = sum(times[2].values()) * 2 / 3600
+    return {
+        "workload": f"run from raw projections, {synth.mice} mice x {synth.weeks} weeks at "
+        f"{tree} size ({scans} hindlimb scans)",
+        "rows": rows,
+        "ratios": [],
+        "scans_per_core_hour": {
+            "1 worker": scans / (sum(times[1].values()) / 3600),
+            "2 workers": scans / core_hours,
+        },
+        "scaling": {"1_to_2": worst, "by_stage": scaling, "target": 1.8, "met": worst >= 1.8},
+        "exit_codes": outcomes,
+        "skipped": {},
+    }
+
+
 # ------------------------------------------------------------------------------ registration
 
 
@@ -506,6 +565,7 @@ RUNNERS: dict[str, Callable[[str, int, Path], dict[str, Any]]] = {
     "resample": stage_resample,
     "composite": stage_composite,
     "register": stage_register,
+    "chain": stage_chain,
 }
 
 

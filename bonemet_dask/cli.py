@@ -958,9 +958,12 @@ def demo(
 @app.command()
 def bench(
     stages: Annotated[
-        str,
-        typer.Option(help="Comma-separated: convert, fdk, fbp, resample, composite, register."),
-    ] = "convert,fdk,fbp,resample,composite,register",
+        str | None,
+        typer.Option(
+            help="Comma-separated (default all): convert, fdk, fbp, resample, composite, "
+            "register, chain."
+        ),
+    ] = None,
     size: Annotated[str, typer.Option(help="Workload: tiny, small, medium or full.")] = "small",
     repeat: Annotated[int, typer.Option(help="Timed runs per measurement.", min=1)] = 3,
     out: Annotated[
@@ -972,7 +975,8 @@ def bench(
     Runs ``benchmarks/suite.py`` of a source checkout (the peers: pip install -e '.[bench]').
     """
     suite = _bench_suite()
-    chosen = [s.strip() for s in stages.split(",") if s.strip()]
+    chosen = list(suite.STAGES) if stages is None else [s.strip() for s in stages.split(",")]
+    chosen = [s for s in chosen if s]
     try:
         results = suite.run_suite(
             chosen, size, repeat, out, progress=lambda text: err_console.print(text)

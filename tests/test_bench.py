@@ -14,14 +14,14 @@ import sys
 
 import pytest
 
-STAGES = ("convert", "fdk", "fbp", "resample", "composite", "register")
+STAGES = ("convert", "fdk", "fbp", "resample", "composite", "register", "chain")
 
 
 @pytest.mark.bench
 def test_bench_suite_runs_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bonemet_dask.cli", "bench", "--size", "tiny", "--repeat", "2",
+        [sys.executable, "-m", "bonemet_dask.cli", "bench", "--size", "tiny", "--repeat", "1",
          "--out", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
@@ -42,6 +42,11 @@ def test_bench_suite_runs_at_tiny_size(tmp_path):
                 assert ratio["met"] == (ratio["value"] >= ratio["target"])
         for peer, why in stage["skipped"].items():
             assert why, peer
+    chain = results["stages"]["chain"]
+    assert set(chain["scaling"]["by_stage"]) == {"convert", "reconstruct", "segment", "register",
+                                                 "composite"}  # fmt: skip
+    assert chain["scans_per_core_hour"]["2 workers"] > 0
+    assert chain["exit_codes"]["convert, 2 worker(s)"] == 0  # tiny blurs the fibula away later
     register = results["stages"]["register"]
     assert set(register["worst"]) >= {"ours"}  # seconds and pose errors of each method
     convert = results["stages"]["convert"]
