@@ -374,7 +374,7 @@ def connect(
         from distributed import LocalCluster
 
         workers = n_workers or config.get("cluster.n-workers") or min(4, os.cpu_count() or 1)
-        with _worker_environ_set():
+        with _worker_environ_set(threads):
             local = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=threads,
@@ -391,7 +391,7 @@ def connect(
             raise ImportError(
                 "cluster='gpu' needs dask-cuda and cupy: pip install 'bonemet-dask[gpu]'"
             ) from err
-        with _worker_environ_set():
+        with _worker_environ_set(threads):
             gpu = LocalCUDACluster(
                 threads_per_worker=threads,
                 memory_limit=memory_limit,
@@ -425,31 +425,43 @@ def worker_environ() -> dict[str, str]:
     return {str(name): str(value) for name, value in dict(values).items()}
 
 
-def _worker_environ_set():
-    """A config context in which new nannies spawn their workers with :func:`worker_environ`."""
+def _worker_environ_set(threads: int):
+    """A config context in which new nannies spawn their workers with :func:`worker_environ`.
+
+    ``NUMBA_NUM_THREADS`` is the worker's thread count too: a numba kernel with ``prange``
+    (FDK's backprojection) would otherwise start one thread per core in every worker, and two
+    workers on two cores then ran each task at half speed (``benchmarks/suite.py --stages
+    chain``: reconstruct 0.97x from 1 to 2 workers).
+    """
     import dask
     import distributed  # noqa: F401  (loads its config defaults)
 
     merged = {
         **dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}),
+        "NUMBA_NUM_THREADS": str(int(threads)),
         **worker_environ(),
     }
     return dask.config.set({"distributed.nanny.pre-spawn-environ": merged})
 
 
-def _job_environ_prologue(prologue: list[str]) -> list[str]:
+def _job_environ_prologue(prologue: list[str], threads: int) -> list[str]:
     """Job-script lines that give the nanny of a batch job :func:`worker_environ`.
 
     A batch worker's nanny reads ``distributed.nanny.pre-spawn-environ`` from its own
-    environment, so the whole mapping is exported as ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON``.
+    environment, so the whole mapping (with ``NUMBA_NUM_THREADS`` set to the worker's
+    ``threads``) is exported as ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON``.
     """
     import dask
     import distributed  # noqa: F401  (loads its config defaults: nanny.pre-spawn-environ)
 
     extra = worker_environ()
-    if not extra or any("PRE_SPAWN_ENVIRON" in line for line in prologue):
+    if any("PRE_SPAWN_ENVIRON" in line for line in prologue):  # the user's own: kept as it is
         return prologue
-    merged = {**dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}), **extra}
+    merged = {
+        **dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}),
+        "NUMBA_NUM_THREADS": int(threads),
+        **extra,
+    }
     literal = repr({str(k): (str(v) if not isinstance(v, int) else v) for k, v in merged.items()})
     return [*prologue, f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={shlex.quote(literal)}"]
 
@@ -587,7 +599,7 @@ def _connect_jobqueue(
     prologue = job_kwargs.pop("job_script_prologue", None)
     if prologue is None:
         prologue = dask.config.get(prefix + "job-script-prologue", None) or []
-    job_kwargs["job_script_prologue"] = _job_environ_prologue(list(prologue))
+    job_kwargs["job_script_prologue"] = _job_environ_prologue(list(prologue), layout.threads)
     job_cluster = cluster_cls(
         cores=layout.cores,
         memory=layout.memory,

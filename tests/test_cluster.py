@@ -143,6 +143,7 @@ def test_connect_gets_a_worker_from_the_generated_job_script(fake_queue, kind, d
         (seen,) = environ.values()
         for name, value in worker_environ().items():
             assert seen[name] == value, name
+        assert seen["NUMBA_NUM_THREADS"] == "1"  # numba's prange: the worker's one thread
         hint = dashboard_hint(client)
         assert "ssh -N -L" in hint and "/status" in hint
     finally:
@@ -266,6 +267,12 @@ def test_deployment_files_load_and_follow_the_rule():
             assert "--local-directory $TMPDIR" in script and "04:00:00" in script
 
 
+def _numba_threads():
+    import numba
+
+    return numba.get_num_threads()
+
+
 def _warm_up_seconds(dask_worker):
     plugin = dask_worker.plugins["bonemet-warm-up"]
     plugin.done.wait(60)
@@ -282,6 +289,8 @@ def test_local_cluster_still_starts_and_hints_a_tunnel():
         (seen,) = client.run(lambda: dict(os.environ)).values()
         assert seen["MALLOC_MMAP_THRESHOLD_"] == "67108864"  # not distributed's defaults alone
         assert seen["MALLOC_TRIM_THRESHOLD_"] == "134217728"
+        assert seen["NUMBA_NUM_THREADS"] == "1"  # one thread per worker, so numba's too
+        assert client.run(_numba_threads) == dict.fromkeys(client.run(_numba_threads), 1)
         # every worker warmed the conversion path up in the background as it started
         warmed = client.run(_warm_up_seconds)
         assert warmed and all(seconds is not None and seconds > 0 for seconds in warmed.values())
