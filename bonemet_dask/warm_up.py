@@ -4,8 +4,8 @@ A worker's first conversion task used to pay for importing zarr and the codecs a
 the compiled PNG unfilter from numba's cache (0.3 s by itself), on top of its own work. The
 first conversion on a fresh cluster took 1.5x as long as the next
 (``benchmarks/suite.py --stages convert``). :class:`WarmUp`, which ``connect()`` registers,
-does that work in a background thread as soon as a worker starts. The thread never holds up
-the worker's start and never fails it: a warm-up that raises is logged and forgotten.
+imports that path as a worker starts and loads the numba cache in a background thread. It
+never fails a worker: a warm-up that raises is logged and forgotten.
 """
 
 from __future__ import annotations
@@ -22,14 +22,21 @@ logger = logging.getLogger(__name__)
 PLUGIN_NAME = "bonemet-warm-up"
 
 
-def warm_conversion() -> float:
-    """Import the conversion path and run its kernels once on tiny inputs; return the seconds."""
-    started = time.perf_counter()
-    import imagecodecs
-    import numpy as np
+def _import_conversion() -> None:
+    """Import the conversion path (in the worker's own thread: see :class:`WarmUp`)."""
+    import imagecodecs  # noqa: F401
     import zarr  # noqa: F401
 
     from bonemet_dask.io import store  # noqa: F401
+    from bonemet_dask.kernels import png_decode, slab  # noqa: F401
+
+
+def warm_conversion() -> float:
+    """Run the conversion kernels once on tiny inputs (numba's cache loaded); return seconds."""
+    started = time.perf_counter()
+    import imagecodecs
+    import numpy as np
+
     from bonemet_dask.kernels.png_decode import decode_png
     from bonemet_dask.kernels.slab import slab_digests
 
@@ -65,7 +72,20 @@ class WarmUp(WorkerPlugin):
         self.__init__()
 
     def setup(self, worker: Any) -> None:
-        """Start the warm-up thread; return at once."""
+        """Import the conversion path here, then load numba's cache in a background thread.
+
+        The imports happen in this call, not in the thread: a package imported by two threads
+        at once can be seen half-initialised (zarr raised ``ImportError: cannot import name
+        'DEFAULT_FILL_VALUE' from partially initialized module`` in a task that unpickled while
+        the thread imported). Numba's cache loads under its own compiler lock, so the thread
+        may overlap a first task.
+        """
+        try:
+            _import_conversion()
+        except Exception:  # an optimisation: never a reason for a worker not to start
+            logger.warning("worker warm-up imports failed", exc_info=True)
+            self.done.set()
+            return
         threading.Thread(target=self._run, name=PLUGIN_NAME, daemon=True).start()
 
     def _run(self) -> None:
