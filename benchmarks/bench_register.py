@@ -55,13 +55,37 @@ def best_of(fn, repeat: int) -> tuple[float, object]:
     return best, out
 
 
-def bench_resample(size, repeat: int, use_sitk: bool) -> list[tuple[str, float, float]]:
+def resample_workload(size) -> tuple[np.ndarray, RigidTransform, np.ndarray, np.ndarray]:
+    """Smoothed-noise uint8 volume of ``size``, a 5-degree rigid transform, its index affine."""
     rng = np.random.default_rng(0)
     volume = ndi.gaussian_filter(rng.random(size, dtype=np.float32), 2.0)
     volume = np.clip((volume - volume.mean()) / volume.std() * 40 + 128, 0, 255).astype(np.uint8)
     centre = np.array(size) / 2
     transform = RigidTransform.from_euler((5.0, 3.0, -2.0), (2.5, -1.5, 3.0), centre=centre)
     matrix, offset = transform.index_affine((1, 1, 1), (1, 1, 1))
+    return volume, transform, matrix, offset
+
+
+def sitk_resampler(volume: np.ndarray, transform: RigidTransform, threads: int = 2):
+    """A call that resamples ``volume`` through ``transform`` with SimpleITK (trilinear, 0 out)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume)
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter(tuple(REVERSE @ transform.centre))
+    euler.SetMatrix(tuple((REVERSE @ transform.rotation @ REVERSE).ravel()))
+    euler.SetTranslation(tuple(REVERSE @ transform.translation))
+    f = sitk.ResampleImageFilter()
+    f.SetReferenceImage(image)
+    f.SetTransform(euler)
+    f.SetInterpolator(sitk.sitkLinear)
+    f.SetDefaultPixelValue(0)
+    f.SetNumberOfThreads(threads)
+    return lambda: sitk.GetArrayFromImage(f.Execute(image))
+
+
+def bench_resample(size, repeat: int, use_sitk: bool) -> list[tuple[str, float, float]]:
+    volume, transform, matrix, offset = resample_workload(size)
     n = volume.size / 1e6
     rows = []
     t_scipy, ref = best_of(lambda: ndi.affine_transform(volume, matrix, offset, order=1), repeat)
@@ -76,20 +100,7 @@ def bench_resample(size, repeat: int, use_sitk: bool) -> list[tuple[str, float, 
     t_ours, out = best_of(ours, repeat)
     rows.append(("bonemet_dask affine_resample, 2 threads", n / t_ours, _diff(out, ref)))
     if use_sitk:
-        import SimpleITK as sitk
-
-        image = sitk.GetImageFromArray(volume)
-        euler = sitk.Euler3DTransform()
-        euler.SetCenter(tuple(REVERSE @ centre))
-        euler.SetMatrix(tuple((REVERSE @ transform.rotation @ REVERSE).ravel()))
-        euler.SetTranslation(tuple(REVERSE @ transform.translation))
-        f = sitk.ResampleImageFilter()
-        f.SetReferenceImage(image)
-        f.SetTransform(euler)
-        f.SetInterpolator(sitk.sitkLinear)
-        f.SetDefaultPixelValue(0)
-        f.SetNumberOfThreads(2)
-        t_sitk, out = best_of(lambda: sitk.GetArrayFromImage(f.Execute(image)), repeat)
+        t_sitk, out = best_of(sitk_resampler(volume, transform), repeat)
         rows.append(("SimpleITK Resample, 2 threads", n / t_sitk, _diff(out, ref)))
     return rows
 

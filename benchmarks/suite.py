@@ -167,7 +167,6 @@ def _ct_slices(count: int, side: int, folder: Path) -> list[Path]:
 def stage_convert(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
     import dask
     import imagecodecs
-    from dask.utils import parse_bytes
     from distributed.diagnostics import MemorySampler
 
     import bonemet_dask as bm
@@ -219,7 +218,7 @@ def stage_convert(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
     raw_median = statistics.median(raw)
     per_core = {w: raw_median / (statistics.median(r["warm"]) * w) for w, r in runs.items()}
     speedup = statistics.median(runs[1]["warm"]) / statistics.median(runs[2]["warm"])
-    budget = parse_bytes(str(config.get("memory-budget", "4GiB")))
+    budget = config.memory_budget_bytes()
     peak = runs[2]["peak"]
     return {
         "workload": f"{count} CT slices of {side}x{side}, {decoded / 1e9:.2f} GB decoded, "
@@ -353,17 +352,12 @@ def stage_resample(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
     import dask
     import dask.array as da
     import scipy.ndimage as ndi
+    from bench_register import resample_workload, sitk_resampler
 
     from bonemet_dask.ops.resample import affine_resample
-    from bonemet_dask.transform import RigidTransform
 
     shape = SIZES[size]["resample"]
-    rng = np.random.default_rng(0)
-    volume = ndi.gaussian_filter(rng.random(shape, dtype=np.float32), 2.0)
-    volume = np.clip((volume - volume.mean()) / volume.std() * 40 + 128, 0, 255).astype(np.uint8)
-    centre = np.array(shape) / 2
-    transform = RigidTransform.from_euler((5.0, 3.0, -2.0), (2.5, -1.5, 3.0), centre=centre)
-    matrix, offset = transform.index_affine((1, 1, 1), (1, 1, 1))
+    volume, transform, matrix, offset = resample_workload(shape)
     voxels = volume.size / 1e6
     rows, ratios, skipped, medians = [], [], {}, {}
     scipy_s = timed(lambda: ndi.affine_transform(volume, matrix, offset, order=1), repeat)
@@ -383,20 +377,7 @@ def stage_resample(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
     versus_scipy = statistics.median(scipy_s) / medians[2]
     ratios.append(ratio("ours / scipy, 2 threads vs 1 core", versus_scipy, None, "resample"))
     try:
-        import SimpleITK as sitk
-        from bench_register import REVERSE
-
-        image = sitk.GetImageFromArray(volume)
-        euler = sitk.Euler3DTransform()
-        euler.SetCenter(tuple(REVERSE @ centre))
-        euler.SetMatrix(tuple((REVERSE @ transform.rotation @ REVERSE).ravel()))
-        euler.SetTranslation(tuple(REVERSE @ transform.translation))
-        f = sitk.ResampleImageFilter()
-        f.SetReferenceImage(image)
-        f.SetTransform(euler)
-        f.SetInterpolator(sitk.sitkLinear)
-        f.SetNumberOfThreads(2)
-        peer = timed(lambda: sitk.GetArrayFromImage(f.Execute(image)), repeat)
+        peer = timed(sitk_resampler(volume, transform), repeat)
         rows.append(row("SimpleITK Resample, 2 threads", peer, voxels, "Mvox/s"))
         ratios.append(ratio("ours / SimpleITK, 2 threads", statistics.median(peer) / medians[2],
                             1.0, "rigid resample"))  # fmt: skip

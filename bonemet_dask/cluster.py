@@ -425,44 +425,42 @@ def worker_environ() -> dict[str, str]:
     return {str(name): str(value) for name, value in dict(values).items()}
 
 
-def _worker_environ_set(threads: int):
-    """A config context in which new nannies spawn their workers with :func:`worker_environ`.
+def _spawn_environ(threads: int) -> dict[str, str]:
+    """The worker spawn environment: ``nanny.pre-spawn-environ``, :func:`worker_environ`, numba.
 
-    ``NUMBA_NUM_THREADS`` is the worker's thread count too: a numba kernel with ``prange``
-    (FDK's backprojection) would otherwise start one thread per core in every worker, and two
-    workers on two cores then ran each task at half speed (``benchmarks/suite.py --stages
-    chain``: reconstruct 0.97x from 1 to 2 workers).
+    ``NUMBA_NUM_THREADS`` is the worker's thread count: a numba kernel with ``prange`` (FDK's
+    backprojection) would otherwise start one thread per core in every worker, and two workers
+    on two cores then ran each task at half speed (``benchmarks/suite.py --stages chain``:
+    reconstruct 0.97x from 1 to 2 workers).
     """
     import dask
     import distributed  # noqa: F401  (loads its config defaults)
 
     merged = {
         **dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}),
-        "NUMBA_NUM_THREADS": str(int(threads)),
+        "NUMBA_NUM_THREADS": int(threads),
         **worker_environ(),
     }
-    return dask.config.set({"distributed.nanny.pre-spawn-environ": merged})
+    return {str(name): str(value) for name, value in merged.items()}
+
+
+def _worker_environ_set(threads: int):
+    """A config context in which new nannies spawn their workers with :func:`_spawn_environ`."""
+    import dask
+
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": _spawn_environ(threads)})
 
 
 def _job_environ_prologue(prologue: list[str], threads: int) -> list[str]:
-    """Job-script lines that give the nanny of a batch job :func:`worker_environ`.
+    """Job-script lines that give the nanny of a batch job :func:`_spawn_environ`.
 
     A batch worker's nanny reads ``distributed.nanny.pre-spawn-environ`` from its own
-    environment, so the whole mapping (with ``NUMBA_NUM_THREADS`` set to the worker's
-    ``threads``) is exported as ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON``.
+    environment, so the whole mapping is exported as ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON``
+    (a prologue that already sets it is the user's, kept as it is).
     """
-    import dask
-    import distributed  # noqa: F401  (loads its config defaults: nanny.pre-spawn-environ)
-
-    extra = worker_environ()
-    if any("PRE_SPAWN_ENVIRON" in line for line in prologue):  # the user's own: kept as it is
+    if any("PRE_SPAWN_ENVIRON" in line for line in prologue):
         return prologue
-    merged = {
-        **dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}),
-        "NUMBA_NUM_THREADS": int(threads),
-        **extra,
-    }
-    literal = repr({str(k): (str(v) if not isinstance(v, int) else v) for k, v in merged.items()})
+    literal = repr(_spawn_environ(threads))
     return [*prologue, f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={shlex.quote(literal)}"]
 
 

@@ -143,7 +143,11 @@ def encode_shard(block: np.ndarray, plan: ShardCodecPlan) -> memoryview | None:
     scratch = np.empty(chunk, dtype=dtype)
     chunk_bytes = scratch.nbytes
     direct = plan.zstd_level is not None or plan.compress is None
-    out = np.empty(len(plan.morton_order) * _bound(chunk_bytes) + index.nbytes + 4, np.uint8)
+    out = (  # the shard's one buffer; blosc returns its own bytes per chunk instead
+        np.empty(len(plan.morton_order) * _bound(chunk_bytes) + index.nbytes + 4, np.uint8)
+        if direct
+        else None
+    )
     parts: list[bytes] = []
     offset = 0
     for coords in plan.morton_order:
@@ -158,7 +162,7 @@ def encode_shard(block: np.ndarray, plan: ShardCodecPlan) -> memoryview | None:
             scratch[tuple(slice(0, n) for n in piece.shape)] = piece
         else:
             np.copyto(scratch, piece)
-        if direct:
+        if out is not None:
             target = out[offset:]
             if plan.compress is None:
                 target[:chunk_bytes] = scratch.reshape(-1).view(np.uint8)
@@ -175,7 +179,7 @@ def encode_shard(block: np.ndarray, plan: ShardCodecPlan) -> memoryview | None:
         return None
     index_bytes = index.tobytes()
     checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
-    if not direct:
+    if out is None:
         return memoryview(b"".join([*parts, index_bytes, checksum]))
     out[offset : offset + len(index_bytes)] = np.frombuffer(index_bytes, np.uint8)
     out[offset + len(index_bytes) : offset + len(index_bytes) + 4] = np.frombuffer(
