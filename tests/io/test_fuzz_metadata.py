@@ -99,7 +99,7 @@ def physical_logs(draw) -> dict[str, dict[str, object]]:
     and the angles of at most one turn (a full turn when Use 360 Rotation says so)."""
     source_to_object = draw(st.floats(1.0, 500.0))
     source_to_detector = source_to_object + draw(st.floats(1.0, 500.0))
-    camera = draw(positive)
+    camera = round(draw(positive), 2) or 0.01  # as the log writes it: 2 decimals
     binning = (draw(st.integers(1, 8)), draw(st.integers(1, 8)))
     calibration = draw(st.floats(0.9, 1.1))
     pitch = camera * binning[0]
