@@ -22,60 +22,25 @@ import datetime
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
-
-def _stage_seconds(stream: list[dict]) -> dict[str, float]:
-    """Core-seconds of computing: all tasks, and those of the parts rated on their own.
-
-    ``backproject``: the FDK backprojection; ``pixels``: reading and filtering projections;
-    ``search``: registration searches.
-    """
-    spent = dict.fromkeys(("total", "backproject", "pixels", "search"), 0.0)
-    for task in stream:
-        key = str(task["key"])
-        seconds = sum(
-            s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute"
-        )
-        spent["total"] += seconds
-        if "backproject" in key:
-            spent["backproject"] += seconds
-        elif "search" in key:
-            spent["search"] += seconds
-        elif "projections" in key or "filter" in key:
-            spent["pixels"] += seconds
-    return spent
-
-
-def _groups(store: str, component: str) -> list[tuple[str, tuple[int, ...]]]:
-    """``(path, shape)`` of every complete group of a component in the store."""
-    import zarr
-
-    from bonemet_dask.io.store import get_bonemet_attrs
-
-    root = zarr.open_group(store, mode="r", use_consolidated=False)
-    found = []
-    if component not in root:
-        return found
-    for mouse, g_mouse in root[component].groups():
-        for side, g_side in g_mouse.groups():
-            for week, group in g_side.groups():
-                if get_bonemet_attrs(group).get("status") == "complete":
-                    found.append((f"{component}/{mouse}/{side}/{week}", group["0"].shape))
-    return found
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
 
 def measure(size: str, workdir: Path, workers: int) -> dict:
     """Run the chain stage by stage; return the ``cpu:`` rates and a per-stage table."""
     os.environ["NUMBA_NUM_THREADS"] = "1"  # before the workers start: they inherit it
-    import numpy as np
+    from chain_rates import stage_rates, stage_seconds
     from distributed import Client, LocalCluster, get_task_stream
 
     import bonemet_dask as bm
-    from bonemet_dask.ops.plan_chain import ScanSizes, work_units
+    from bonemet_dask.ops.plan_chain import ScanSizes
     from bonemet_dask.synth import SynthConfig, generate
 
     src, store = workdir / "src", str(workdir / "out.zarr")
@@ -100,37 +65,10 @@ def measure(size: str, workdir: Path, workers: int) -> dict:
             part = report.stages[stage]
             if part.failed:
                 raise SystemExit(f"{stage} failed: {part.failed}")
-            spent = _stage_seconds(stream.data)
+            spent = stage_seconds(stream.data)
             core_s, bp_s, search_s = spent["total"], spent["backproject"], spent["search"]
-            if stage == "reconstruct":
-                scans = _groups(store, "recon_ct")
-                work = work_units("reconstruct", sizes)
-                rates["fdk_gups"] = len(scans) * work["updates"] / bp_s / 1e9
-                pixels = spent["pixels"]
-                rates["fdk_pixel_core_s_per_mpix"] = pixels / (len(scans) * work["mpix"])
-                rates["fdk_voxel_core_s_per_mvox"] = (core_s - bp_s - pixels) / (
-                    len(scans) * work["mvox_out"]
-                )
-                units = f"{len(scans)} scans (read + filter {pixels:.1f} core-s)"
-            elif stage == "segment":
-                scans = _groups(store, "recon_ct")
-                mvox = sum(float(np.prod(shape)) for _, shape in scans) / 1e6
-                rates["segment_core_s_per_mvox"] = core_s / mvox
-                units = f"{len(scans)} scans, {mvox:.0f} Mvox read"
-            elif stage == "register":
-                tibiae = _groups(store, "regist_ct")
-                mvox = sum(float(np.prod(shape)) for _, shape in tibiae) / 1e6
-                levels = len(tibiae) * work_units("register", sizes)["levels"]
-                rates["register_search_core_s_per_level"] = search_s / levels
-                rates["register_other_core_s_per_mvox"] = (core_s - search_s) / mvox
-                units = f"{len(tibiae)} tibia-weeks, {levels:.0f} levels, {mvox:.0f} Mvox out"
-            elif stage == "composite":
-                tibiae = _groups(store, "regist_ct")
-                mvox = 2 * sum(float(np.prod(shape)) for _, shape in tibiae) / 1e6
-                rates["composite_core_s_per_mvox"] = core_s / mvox
-                units = f"{len(_groups(store, 'roi_ct'))} RoIs, {mvox:.0f} Mvox read"
-            else:
-                units = f"{len(_groups(store, 'rotation_xray'))} scans"
+            found, units = stage_rates(stage, spent, store, sizes)
+            rates.update(found)
             rows.append((stage, units, wall, core_s, bp_s, search_s))
     return {"rates": rates, "rows": rows}
 

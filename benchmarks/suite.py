@@ -220,10 +220,13 @@ def stage_convert(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
     speedup = statistics.median(runs[1]["warm"]) / statistics.median(runs[2]["warm"])
     budget = config.memory_budget_bytes()
     peak = runs[2]["peak"]
+    png_bytes = sum(len(b) for b in blobs)
     return {
         "workload": f"{count} CT slices of {side}x{side}, {decoded / 1e9:.2f} GB decoded, "
-        f"{sum(len(b) for b in blobs) / 1e6:.1f} MB of PNG, shards of {shard} slices",
+        f"{png_bytes / 1e6:.1f} MB of PNG, shards of {shard} slices",
         "rows": rows,
+        # what `plan --profile full --rates` reads: PNG megabytes converted per core-second
+        "png_mb_per_core_s": png_bytes / 1e6 / (statistics.median(runs[2]["warm"]) * 2),
         "ratios": [
             ratio(
                 "convert per core / raw decode, 2 workers",
@@ -450,8 +453,12 @@ CHAIN_SIZES = {"tiny": "tiny", "small": "small", "medium": "small", "full": "med
 
 def stage_chain(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
     import dask
+    from chain_rates import stage_rates, stage_seconds, worker_peaks
+    from distributed import get_task_stream
 
     import bonemet_dask as bm
+    from bonemet_dask import config
+    from bonemet_dask.ops.plan_chain import CPU_RATE_KEYS, ScanSizes
     from bonemet_dask.ops.run import STAGES as CHAIN
     from bonemet_dask.synth import SynthConfig, generate
 
@@ -460,27 +467,45 @@ def stage_chain(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
     source = workdir / "source"
     generate(str(source), synth)
     scans = synth.mice * synth.weeks
+    sizes = ScanSizes.synthetic(tree)
     times: dict[int, dict[str, float]] = {}
+    core: dict[int, dict[str, float]] = {}
+    peaks: dict[int, dict[str, Any]] = {}
+    rates: dict[str, float] = {}
+    work: dict[str, str] = {}
     outcomes: dict[str, int] = {}  # exit codes: at tiny size a scan's junction may not be found
     for workers in (1, 2):
         with (
             dask.config.set({"bonemet.cluster.dashboard-address": "127.0.0.1:0"}),
             bm.connect("local", n_workers=workers, threads_per_worker=1) as client,
         ):
-            store = workdir / f"chain-{workers}.zarr"
-            times[workers] = {}
+            store = str(workdir / f"chain-{workers}.zarr")
+            times[workers], core[workers], peaks[workers] = {}, {}, {}
             for stage in CHAIN:
-                started = time.perf_counter()
-                report = bm.run(source, store, until=stage, client=client, progress=None)
-                times[workers][stage] = time.perf_counter() - started
+                with get_task_stream(client=client) as stream, worker_peaks(client) as peak:
+                    started = time.perf_counter()
+                    report = bm.run(source, store, until=stage, client=client, progress=None)
+                    times[workers][stage] = time.perf_counter() - started
                 outcomes[f"{stage}, {workers} worker(s)"] = report.exit_code
+                spent = stage_seconds(stream.data)
+                core[workers][stage] = spent["total"]
+                peaks[workers][stage] = peak
+                if workers == 2:
+                    found, work[stage] = stage_rates(stage, spent, store, sizes)
+                    rates.update(found)
     rows = []
     for workers, by_stage in times.items():
         for stage, seconds in by_stage.items():
-            rows.append(row(f"{stage}, {workers} worker(s)", [seconds], scans, "scans/s"))
+            rows.append(row(f"{stage}, {workers} worker(s)", [seconds], scans, "scans/s",
+                            core_s=round(core[workers][stage], 3),
+                            busy=round(core[workers][stage] / (seconds * workers), 3),
+                            peak_worker_memory_bytes=peaks[workers][stage]["max"]))  # fmt: skip
     scaling = {stage: times[1][stage] / times[2][stage] for stage in CHAIN}
     worst = min(scaling.values())
     core_hours = sum(times[2].values()) * 2 / 3600
+    budget = config.memory_budget_bytes()
+    peak = max(p["max"] for p in peaks[2].values())
+    missing = [key for key in CPU_RATE_KEYS if key not in rates]
     return {
         "workload": f"run from raw projections, {synth.mice} mice x {synth.weeks} weeks at "
         f"{tree} size ({scans} hindlimb scans)",
@@ -491,6 +516,20 @@ def stage_chain(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
             "2 workers": scans / core_hours,
         },
         "scaling": {"1_to_2": worst, "by_stage": scaling, "target": 1.8, "met": worst >= 1.8},
+        "memory": {
+            "peak_per_worker_bytes": peak,
+            "budget_bytes": budget,
+            "met": peak <= budget,
+            "by_stage": {stage: p["max"] for stage, p in peaks[2].items()},
+            "scope": peaks[2][CHAIN[0]]["scope"],
+        },
+        "rates": {
+            "cpu": rates,
+            "synthetic_size": tree,
+            "work": work,
+            "missing": missing,
+            "measured": f"bonemet-dask bench --stages chain --size {size}, 2 one-thread workers",
+        },
         "exit_codes": outcomes,
         "skipped": {},
     }

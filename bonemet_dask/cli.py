@@ -294,7 +294,9 @@ def plan(
     rates: Annotated[
         Path | None,
         typer.Option(
-            help="--profile full: throughputs file (default the packaged one).", dir_okay=False
+            help="--profile full: throughputs, a rates YAML or `bonemet-dask bench` JSON "
+            "(default the packaged rates).",
+            dir_okay=False,
         ),
     ] = None,
 ) -> None:

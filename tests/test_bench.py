@@ -53,6 +53,18 @@ def test_bench_suite_runs_at_tiny_size(tmp_path):
     assert convert["memory"]["budget_bytes"] > 0
     assert convert["scaling"]["1_to_2"] > 0
     assert {r["name"] for r in convert["ratios"]} >= {"convert per core / raw decode, 2 workers"}
+    assert chain["memory"]["peak_per_worker_bytes"] > 0
+    assert set(chain["memory"]["by_stage"]) == set(chain["scaling"]["by_stage"])
+    # plan --profile full reads these results: the chain's measured rates, the rest packaged
+    from bonemet_dask.ops.plan_chain import load_rates
+
+    rates, packaged = load_rates(out), load_rates()
+    measured = chain["rates"]["cpu"]
+    assert measured["fdk_gups"] > 0 and measured["segment_core_s_per_mvox"] > 0
+    for key, value in rates.cpu.items():
+        assert value == measured.get(key, packaged.cpu[key]), key
+    assert rates.convert_mb_per_core_s["ct"] == pytest.approx(convert["png_mb_per_core_s"])
+    assert rates.gpu_fdk_gups == packaged.gpu_fdk_gups and "bench" in rates.measured["cpu"]
     figure = out.with_suffix(".png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the table names every stage and where the results went

@@ -8,7 +8,9 @@ counts (or any counts) before a byte is read, from three things:
   projections of the full size (so its tasks and largest task are the ones ``run`` would
   submit), the other stages' from their store layouts (shards, chunks);
 * throughputs measured by ``benchmarks/bench_stages.py`` and ``benchmarks/gpu_check.py``, read
-  from a rates file (the packaged ``stage-rates.yaml`` unless another is named).
+  from a rates file (the packaged ``stage-rates.yaml`` unless another is named), or from the
+  JSON results of ``bonemet-dask bench`` (its ``chain`` stage measures the same rates; what the
+  results lack is taken from the packaged file, and ``Rates.measured`` says which).
 
 :func:`cluster_time` then answers how long N nodes of C cores and G GPUs take.
 """
@@ -97,22 +99,34 @@ class Rates:
 
 
 def load_rates(path: str | os.PathLike[str] | None = None) -> Rates:
-    """Read a rates file (default :data:`RATES_FILE`).
+    """Read a rates file (default :data:`RATES_FILE`), or ``bonemet-dask bench`` results.
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        A rates YAML file (``stage-rates.yaml``'s keys), or the JSON that ``bonemet-dask bench
+        --stages chain[,convert] --out FILE`` wrote: the ``cpu:`` rates come from its ``chain``
+        stage, the CT conversion rate from its ``convert`` stage when it ran, and every rate the
+        results lack from the packaged file (``measured`` names both sources).
 
     Raises
     ------
     ValueError
-        If a rate is missing or not a positive number (the message names the key and the file).
+        If a rate is missing or not a positive number (the message names the key and the file),
+        or bench results have no ``chain`` stage.
     """
     path = os.fspath(path or RATES_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle) or {}
+            raw = yaml.safe_load(handle) or {}  # JSON is YAML
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"rates file {path!r} not found; write one with benchmarks/bench_stages.py --out "
-            "FILE, or leave --rates out for the packaged one"
+            f"rates file {path!r} not found; write one with `bonemet-dask bench --stages "
+            "chain,convert --out FILE` (or benchmarks/bench_stages.py --out FILE), or leave "
+            "--rates out for the packaged one"
         ) from None
+    if isinstance(raw, dict) and raw.get("suite") == "bonemet-dask bench":
+        raw = _rates_from_bench(raw, path)
 
     def positive(block: dict, key: str, where: str) -> float:
         value = (block or {}).get(key)
@@ -249,6 +263,39 @@ class StagePlan:
     core_hours: float
     gpu_hours: float = 0.0
     host_core_hours: float = 0.0
+
+
+def _rates_from_bench(results: dict[str, Any], path: str) -> dict[str, Any]:
+    """A rates file's blocks from ``bonemet-dask bench`` results; the packaged file fills gaps."""
+    chain = (results.get("stages") or {}).get("chain")
+    if not chain or not (chain.get("rates") or {}).get("cpu"):
+        raise ValueError(
+            f"{path}: these bench results have no chain stage rates; run `bonemet-dask bench "
+            "--stages chain,convert --size medium --out FILE` and give that FILE"
+        )
+    with open(RATES_FILE, encoding="utf-8") as handle:
+        packaged = yaml.safe_load(handle)
+    measured = chain["rates"]["cpu"]
+    taken = sorted(set(CPU_RATE_KEYS) - set(measured))
+    where = f"bonemet-dask bench --size {results.get('size')} ({results.get('started', '?')})"
+    notes = {
+        "cpu": f"{where}, chain stage"
+        + (f"; from the packaged file: {', '.join(taken)}" if taken else ""),
+        "gpu": (packaged.get("measured") or {}).get("gpu", "packaged file"),
+    }
+    convert = dict(packaged["convert"])
+    png = (results["stages"].get("convert") or {}).get("png_mb_per_core_s")
+    if png:
+        convert["mb_per_core_s"] = {**convert["mb_per_core_s"], "ct": png}
+        notes["convert"] = f"{where}, convert stage (CT); projections and sizes: packaged file"
+    else:
+        notes["convert"] = (packaged.get("measured") or {}).get("convert", "packaged file")
+    return {
+        "measured": notes,
+        "cpu": {key: measured.get(key, packaged["cpu"].get(key)) for key in CPU_RATE_KEYS},
+        "convert": convert,
+        "gpu": packaged.get("gpu") or {},
+    }
 
 
 def _layout(shape: tuple[int, int, int], kind: str = "ct", dtype: str = "uint8") -> ImageLayout:
