@@ -58,12 +58,13 @@ _LAZY = {
     "SynthConfig": ("bonemet_dask.synth", "SynthConfig"),
     "synth": ("bonemet_dask.synth", None),
     "naming": ("bonemet_dask.naming", None),
+    "ml": ("bonemet_dask.ml", None),
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
 
 if TYPE_CHECKING:
-    from bonemet_dask import naming, synth
+    from bonemet_dask import ml, naming, synth
     from bonemet_dask.cluster import connect
     from bonemet_dask.geometry import ConeGeometry, ParallelGeometry, VolumeGrid
     from bonemet_dask.io.catalog import Catalog, Problem, Stack, scan_source
