@@ -268,7 +268,7 @@ def reconstruct(
     """
     if filter not in WINDOWS:
         raise ValueError(f"filter={filter!r} is not one of {', '.join(map(repr, WINDOWS))}")
-    projections = _as_projections(projections)
+    projections = as_projections(projections)
     if backend not in _backend.BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(_backend.BACKENDS)}")
     if projections.dims != ("angle", "row", "col"):
@@ -385,7 +385,7 @@ def _reconstruct_parallel(
     return result
 
 
-def _as_projections(projections: xr.DataArray | xr.Dataset | xr.DataTree) -> xr.DataArray:
+def as_projections(projections: xr.DataArray | xr.Dataset | xr.DataTree) -> xr.DataArray:
     """The ``image`` of a scan node or Dataset, with the node's attributes as ``bonemet``."""
     if isinstance(projections, xr.DataTree):
         projections = projections.to_dataset()
@@ -450,6 +450,11 @@ def _labelled(volume, grid, geometry, attrs, **parameters) -> xr.DataArray:
         **(
             {"scanner_log": dict(geometry.calibration)}
             if getattr(geometry, "calibration", None)
+            else {}
+        ),
+        **(
+            {"sparse_views": attrs["bonemet"]["sparse_views"]}
+            if "sparse_views" in attrs.get("bonemet", {})
             else {}
         ),
         "voxel_size_um": h_um,
