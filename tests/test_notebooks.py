@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-NOTEBOOKS = ("quickstart.ipynb", "longitudinal.ipynb")
+NOTEBOOKS = ("quickstart.ipynb", "longitudinal.ipynb", "ml.ipynb")
 
 
 def execute(name: str, tmp_path: Path, monkeypatch) -> dict:
@@ -101,3 +101,60 @@ def test_committed_notebooks_have_no_outputs(name):
     for cell in notebook["cells"]:
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None, cell["source"][:60]
+
+
+@pytest.mark.slow
+def test_ml_runs(tmp_path, monkeypatch):
+    from itertools import islice
+
+    import numpy as np
+    import pandas as pd
+
+    import bonemet_dask as bm
+
+    split, samples = bm.ml.split, bm.ml.samples  # the functions, before any submodule import
+    from bonemet_dask.ml.split import read_split
+
+    notebook = execute("ml.ipynb", tmp_path, monkeypatch)
+    (work,) = tmp_path.glob("bonemet-ml-*")
+    store = str(work / "bonemet.zarr")
+    table = read_split(work / "split.csv")
+    # the split shown and saved: every converted mouse once, test mice outside the folds
+    tree = bm.open_store(store)
+    assert sorted(table["mouse"]) == sorted(tree["roi_ct"].children)
+    assert table["fold"].isna().equals(table["split"] == "test")
+    pd.testing.assert_frame_equal(table, split(store, test=0.25, folds=3, seed=0))
+    shown = outputs(notebook, "text/html")[0]
+    assert shown.count("<tr") == len(table) + 1
+    # the labels: the phantom's injected mice are the lesion-positive ones
+    truth = json.loads((work / "BoneMet" / "synthetic_truth.json").read_text())["mice"]
+    assert dict(zip(table["mouse"], table["lesion"], strict=True)) == {
+        mouse: bool(t["injected_side"]) for mouse, t in truth.items()
+    }
+    # stratified: each fold holds one lesion mouse and one control
+    folds = table.dropna(subset="fold").groupby("fold")["lesion"].agg(["sum", "count"])
+    assert folds["sum"].tolist() == [1, 1, 1] and folds["count"].tolist() == [2, 2, 2]
+    # the batches printed are the store's slices of fold 0's training mice, with their labels
+    stream = samples(store, "roi_ct", unit="slice", split=table, subset="train", fold=0,
+                     label="lesion", batch_size=8, seed=0)  # fmt: skip
+    batches = list(islice(stream, 3))
+    stream.close()
+    stdout = "".join(outputs(notebook, "stdout"))
+    train = table[(table["split"] == "train") & (table["fold"] != 0)].set_index("mouse")
+    for k, batch in enumerate(batches):
+        line = (f"batch {k}: image {batch.image.shape} {batch.image.dtype}, "
+                f"mice {batch.mouse.tolist()}, labels {batch.label.tolist()}")  # fmt: skip
+        assert line in stdout
+        assert batch.label.tolist() == train.loc[batch.mouse, "lesion"].tolist()
+        for image, mouse, side, week, index in zip(
+            batch.image, batch.mouse, batch.side, batch.week, batch.index, strict=True
+        ):
+            scan = tree[f"roi_ct/{mouse}/{side}/week{week}"].dataset["image"]
+            np.testing.assert_array_equal(image, scan.sel(slice=index).values)
+    assert len(outputs(notebook, "image/png")) == 1  # one batch
+    # scored per fold, on exactly that fold's mice
+    scores = pd.read_csv(work / "fold_scores.csv")
+    assert scores["fold"].tolist() == [0, 1, 2]
+    for fold, mice in zip(scores["fold"], scores["mice"], strict=True):
+        assert sorted(mice.split(",")) == sorted(table.loc[table["fold"] == fold, "mouse"])
+    assert scores["balanced_accuracy"].between(0, 1).all()
