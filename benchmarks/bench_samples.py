@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -47,7 +45,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results" / "ml-samples.json"
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from suite import machine  # noqa: E402  (the JSON's machine record, shared with the suite)
+
+RESULTS = HERE / "results" / "ml-samples.json"
 METHODS = ("imagecodecs", "pillow", "bonemet_png", "zarr_slabs", "samples")
 PACKAGES = ("bonemet-dask", "numpy", "zarr", "numcodecs", "imagecodecs", "pillow", "dask")
 COMPONENT = "regist_ct"
@@ -239,22 +243,6 @@ def child(method: str, cores: int, args: argparse.Namespace, *, trace: bool = Fa
 # ------------------------------------------------------------------------------ the report
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for name in PACKAGES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[name] = importlib.metadata.version(name)
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions,
-            "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}  # fmt: skip
-
-
 def summarise(result: dict) -> dict:
     best = min(result["runs"], key=lambda r: r["seconds"])
     cpu = min(r["cpu_seconds"] for r in result["runs"])
@@ -298,7 +286,7 @@ def main() -> None:
               f"MB; load {os.getloadavg()}", flush=True)  # fmt: skip
         results: dict[str, Any] = {
             "benchmark": "bench_samples", "date": datetime.date.today().isoformat(),
-            "machine": machine(), "load_at_start": list(os.getloadavg()),
+            "machine": machine(PACKAGES), "load_at_start": list(os.getloadavg()),
             "data": {"component": COMPONENT, "slices": len(files), "slice_shape": [539, 509],
                      "png_bytes": png_bytes, "store_bytes": store_bytes, "mice": args.mice,
                      "png_level": args.png_level},

@@ -615,10 +615,10 @@ RUNNERS: dict[str, Callable[[str, int, Path], dict[str, Any]]] = {
 # ------------------------------------------------------------------------------ the suite
 
 
-def machine() -> dict[str, Any]:
+def machine(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
     """What the numbers were measured on: CPU, cores, memory, versions, thread settings."""
     versions = {}
-    for name in PACKAGES:
+    for name in packages:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -44,16 +44,17 @@ class ShardCodecPlan:
     into the shard's buffer (``imagecodecs.zstd_encode``, the same bytes as numcodecs')."""
 
 
-def shard_codec_plan(array: Any) -> ShardCodecPlan | None:
-    """Inspect a zarr v3 array; return a plan when :func:`encode_shard` reproduces its codecs.
+def plain_sharding(array: Any) -> tuple[Any, Any] | None:
+    """The sharding codec of a zarr v3 array and its one compressor, or None.
 
-    Returns None (use zarr's own writer) for anything but one ``sharding_indexed`` codec with
-    index at the end, ``bytes`` (little-endian or single-byte) plus at most one blosc or zstd
-    compressor inside, and ``bytes`` + ``crc32c`` for the index.
+    The layouts read (``bonemet_dask.ml``) and written (:func:`encode_shard`) here without
+    zarr's codec pipeline: ``(sharding, compressor)`` (``compressor`` None when chunks are
+    stored raw) for one ``sharding_indexed`` codec with its index at the end, encoded
+    ``bytes`` + ``crc32c``, and inside it ``bytes`` (little-endian or single-byte) plus at
+    most one codec; None for anything else.  Which compressors it supports is each caller's
+    to check.
     """
-    import zarr
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
-    from zarr.core.indexing import morton_order_iter
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
     codecs = getattr(array.metadata, "codecs", ())
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
@@ -72,10 +73,27 @@ def shard_codec_plan(array: Any) -> ShardCodecPlan | None:
     little = inner[0].endian is None or str(getattr(inner[0].endian, "value", "")) == "little"
     if array.dtype.itemsize > 1 and not little:
         return None
+    return sharding, (inner[1] if len(inner) == 2 else None)
+
+
+def shard_codec_plan(array: Any) -> ShardCodecPlan | None:
+    """Inspect a zarr v3 array; return a plan when :func:`encode_shard` reproduces its codecs.
+
+    Returns None (use zarr's own writer) for anything but one ``sharding_indexed`` codec with
+    index at the end, ``bytes`` (little-endian or single-byte) plus at most one blosc or zstd
+    compressor inside, and ``bytes`` + ``crc32c`` for the index.
+    """
+    import zarr
+    from zarr.codecs import BloscCodec, ZstdCodec
+    from zarr.core.indexing import morton_order_iter
+
+    found = plain_sharding(array)
+    if found is None:
+        return None
+    sharding, compressor = found
     compress: Callable[[np.ndarray], bytes] | None = None
     zstd_level: int | None = None
-    if len(inner) == 2:
-        codec = inner[1]
+    if (codec := compressor) is not None:
         if isinstance(codec, BloscCodec):
             shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[
                 str(getattr(codec.shuffle, "value", codec.shuffle))

@@ -299,7 +299,8 @@ class ZarrReader:
 class TreeReader:
     """Reads slabs of the ``image`` variables of a DataTree (Dask or lazily indexed arrays).
 
-    Dask-backed images are computed with the synchronous scheduler, in the calling thread.
+    Dask-backed images are computed with the scheduler the user has active (a distributed
+    client, or Dask's default), as any other ``compute`` would be.
     """
 
     def __init__(self, images: dict[str, xr.DataArray]) -> None:
@@ -315,7 +316,7 @@ class TreeReader:
         image = self._images[path]
         block = image[z0:z1].data
         if hasattr(block, "compute"):
-            block = block.compute(scheduler="synchronous")
+            block = block.compute()
         first = image.dims[0]
         coord = "index" if "index" in image.coords else first
         index = np.asarray(image[coord].values[z0:z1], dtype=np.int64)

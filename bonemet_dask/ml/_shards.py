@@ -30,6 +30,8 @@ from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from bonemet_dask.kernels.shard import plain_sharding
+
 __all__ = ["IndexCache", "ShardLayout", "SlabPool", "read_slab", "shard_layout"]
 
 _EMPTY: Final = 2**64 - 1
@@ -62,30 +64,17 @@ class ShardLayout:
 
 def shard_layout(array: zarr.Array) -> ShardLayout | None:
     """The layout of a 3-D array this module reads, or None (then read through zarr)."""
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+    from zarr.codecs import BloscCodec, ZstdCodec
 
-    codecs = getattr(array.metadata, "codecs", ())
-    if array.ndim != 3 or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+    found = plain_sharding(array) if array.ndim == 3 else None
+    if found is None:
         return None
-    sharding = codecs[0]
-    if str(getattr(sharding.index_location, "value", sharding.index_location)) != "end":
-        return None
-    index = sharding.index_codecs
-    if not (
-        len(index) == 2 and isinstance(index[0], BytesCodec) and isinstance(index[1], Crc32cCodec)
-    ):
-        return None
-    inner = sharding.codecs
-    if not inner or not isinstance(inner[0], BytesCodec) or len(inner) > 2:
-        return None
-    little = inner[0].endian is None or str(getattr(inner[0].endian, "value", "")) == "little"
-    if array.dtype.itemsize > 1 and not little:
-        return None
+    sharding, compressor = found
     codec = "none"
-    if len(inner) == 2:
-        if isinstance(inner[1], BloscCodec):
+    if compressor is not None:
+        if isinstance(compressor, BloscCodec):
             codec = "blosc"
-        elif isinstance(inner[1], ZstdCodec) and not inner[1].checksum:
+        elif isinstance(compressor, ZstdCodec) and not compressor.checksum:
             codec = "zstd"
         else:
             return None
