@@ -5,8 +5,11 @@ raw projections; or start from the published Recon-CT), segment, register (week 
 the later weeks) and composite with RoI and metrics.  Mice are independent units: at most
 ``concurrency`` of them are in flight, each submitting one stage's graph at a time, so the
 scheduler holds a bounded number of tasks and the client a bounded amount of state however many
-mice the dataset has.  Planning reads the source catalog only (no graph per scan up front).  A
-rerun skips every finished output and finishes every unfinished one, shard by shard.
+mice the dataset has.  When fewer mice than ``concurrency`` are selected, each mouse's stages
+run that many more of its scans at once (a few mice on a large cluster would otherwise leave
+workers idle while the client prepares each scan), never more than ``concurrency`` scans in all.
+Planning reads the source catalog only (no graph per scan up front).  A rerun skips every
+finished output and finishes every unfinished one, shard by shard.
 """
 
 from __future__ import annotations
@@ -188,7 +191,8 @@ def run(
     client : distributed.Client, optional
         Where to compute (default: the active client, else dask's configured scheduler).
     concurrency : int, optional
-        Mice in flight at once (default 1 without a client, twice the workers with one).
+        Scans in flight at once (default 1 without a client, twice the workers with one): that
+        many mice, or, with fewer mice, ``concurrency // mice`` scans of each.
     storage_options, source_storage_options : dict, optional
         fsspec options of the store and of the source.
     progress : callable, optional
@@ -256,8 +260,8 @@ def run(
                 else:
                     parts[name] = run_stage(
                         stages[name], store, selection=chosen, overwrite=overwrite,
-                        client=client, concurrency=1, require_match=False, roots=roots,
-                        consolidate=False,
+                        client=client, concurrency=scans_per_mouse, require_match=False,
+                        roots=roots, consolidate=False,
                     )  # fmt: skip
             except UsageError:
                 raise
@@ -296,6 +300,7 @@ def run(
             for name in chain:
                 progress(name, 0, len(plan))
         workers = concurrency or default_concurrency(client)
+        scans_per_mouse = max(1, workers // max(len(plan), 1))
         results: dict[str, dict[str, StageReport]] = {}
         if workers <= 1 or len(plan) <= 1:
             for mouse in plan:
