@@ -480,6 +480,7 @@ def stage_chain(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
     sizes = ScanSizes.synthetic(tree)
     times: dict[int, dict[str, float]] = {}
     core: dict[int, dict[str, float]] = {}
+    client_cpu: dict[int, dict[str, float]] = {}  # the client's process: run's threads, scheduler
     peaks: dict[int, dict[str, Any]] = {}
     rates: dict[str, float] = {}
     work: dict[str, str] = {}
@@ -491,11 +492,13 @@ def stage_chain(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
         ):
             store = str(workdir / f"chain-{workers}.zarr")
             times[workers], core[workers], peaks[workers] = {}, {}, {}
+            client_cpu[workers] = {}
             for stage in CHAIN:
                 with get_task_stream(client=client) as stream, worker_peaks(client) as peak:
-                    started = time.perf_counter()
+                    started, cpu = time.perf_counter(), time.process_time()
                     report = bm.run(source, store, until=stage, client=client, progress=None)
                     times[workers][stage] = time.perf_counter() - started
+                    client_cpu[workers][stage] = time.process_time() - cpu
                 outcomes[f"{stage}, {workers} worker(s)"] = report.exit_code
                 spent = stage_seconds(stream.data)
                 core[workers][stage] = spent["total"]
@@ -509,6 +512,7 @@ def stage_chain(size: str, repeat: int, workdir: Path) -> dict[str, Any]:
             rows.append(row(f"{stage}, {workers} worker(s)", [seconds], scans, "scans/s",
                             core_s=round(core[workers][stage], 3),
                             busy=round(core[workers][stage] / (seconds * workers), 3),
+                            client_cpu_s=round(client_cpu[workers][stage], 3),
                             peak_worker_memory_bytes=peaks[workers][stage]["max"]))  # fmt: skip
     scaling = {stage: times[1][stage] / times[2][stage] for stage in CHAIN}
     worst = min(scaling.values())
