@@ -91,6 +91,33 @@ def test_stages_run_on_the_active_client(tiny):
     assert not {"rechunk-split", "rechunk-merge"} & logged
 
 
+def test_one_mouse_on_a_client_runs_its_scans_side_by_side(tiny, monkeypatch, same_store):
+    """One mouse, a client of concurrency 2: its stages run two scans at once (the engine's
+    pool gets two threads), and the store equals the one a serial run writes."""
+    from bonemet_dask.ops import engine
+
+    pools = []
+
+    class Recorded(engine.ThreadPoolExecutor):  # the real pool, its size written down
+        def __init__(self, max_workers=None, thread_name_prefix="", **kwargs):
+            pools.append((thread_name_prefix, max_workers))
+            super().__init__(max_workers, thread_name_prefix, **kwargs)
+
+    src = str(tiny / "src")
+    chain = {"start": "recon_ct", "until": "segment", "metrics_csv": None, "pyramid": False}
+    serial = run(src, str(tiny / "serial.zarr"), concurrency=1, **chain)
+    assert not pools and serial.exit_code == 0
+    monkeypatch.setattr(engine, "ThreadPoolExecutor", Recorded)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0")
+        as cluster, Client(cluster) as client,
+    ):  # fmt: skip
+        side_by_side = run(src, str(tiny / "side.zarr"), client=client, concurrency=2, **chain)
+    assert side_by_side.exit_code == 0
+    assert ("segment", 2) in pools  # two weeks of the one mouse at once
+    same_store(tiny / "serial.zarr", tiny / "side.zarr")
+
+
 def test_compute_false_returns_the_lazy_graph(tiny):
     store = str(tiny / "published.zarr")
     eager = reconstruct_store(store, str(tiny / "eager.zarr"))
