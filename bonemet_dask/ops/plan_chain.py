@@ -308,7 +308,7 @@ def _layout(shape: tuple[int, int, int], kind: str = "ct", dtype: str = "uint8")
 
 
 def _recon_layout(sizes: ScanSizes) -> ImageLayout:
-    """The reconstruction stage's layout: 64-slice shards, one per FDK slab (not 256 MiB)."""
+    """The reconstruction stage's layout: 64-slice shards, one or more FDK slabs each."""
     return ImageLayout.default_for("ct", sizes.recon, "uint8", voxel_size_um=1.0)
 
 
@@ -354,7 +354,7 @@ def reconstruction_graph(sizes: ScanSizes) -> tuple[int, int]:
     import xarray as xr
 
     from bonemet_dask.geometry import VolumeGrid
-    from bonemet_dask.ops.reconstruct import reconstruct
+    from bonemet_dask.ops.reconstruct import reconstruct, slab_slices_in_shard
 
     g = sizes.geometry
     shape = (int(g.angles_deg.size), g.n_rows, g.n_cols)
@@ -362,11 +362,15 @@ def reconstruction_graph(sizes: ScanSizes) -> tuple[int, int]:
     data = da.zeros(shape, dtype=np.uint16, chunks=projections.chunks)
     lazy = xr.DataArray(data, dims=("angle", "row", "col"))
     out = _recon_layout(sizes)
-    volume = reconstruct(lazy, g, grid=VolumeGrid(sizes.recon, g.voxel_size),
-                         slab_slices=out.slices_per_shard, air=1.0, backend="numpy")  # fmt: skip
-    # + the window and write task of each shard, the finish, and the store array's own task
-    # (dask's "original-" key, which lazy zeros do not have)
-    tasks = len(volume.data.__dask_graph__()) + 2 * out.n_shards + 1 + 1
+    grid = VolumeGrid(sizes.recon, g.voxel_size)
+    slab = slab_slices_in_shard(out.slices_per_shard, grid, g)
+    volume = reconstruct(lazy, g, grid=grid, slab_slices=slab, air=1.0, backend="numpy")
+    # + the window of each slab, the join of a shard's slabs where a shard holds several (the
+    # engine's rechunk-merge), the write of each shard, the finish, and the store array's own
+    # task (dask's "original-" key, which lazy zeros do not have)
+    slabs = len(volume.data.chunks[0])
+    joins = out.n_shards if slabs > out.n_shards else 0
+    tasks = len(volume.data.__dask_graph__()) + slabs + joins + out.n_shards + 1 + 1
     largest = int(volume.attrs["bonemet"]["provenance"]["largest_task_bytes"])
     # the write task holds its shard's uint8 slab beside the float slab it is windowed from
     largest = max(largest, 5 * _shard_bytes(out))

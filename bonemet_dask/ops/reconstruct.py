@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 WINDOWS = fdk.WINDOWS
 
+ANGLE_BLOCK = 26
+"""Projections per filter block and per backprojection task (260 views: 10 blocks)."""
+
 TASK_NAMES = ("fdk-filter", "fdk-backproject", "fdk-sum", "fdk-slab", "fbp-parallel")
 """Every task :func:`reconstruct` adds is named one of these (``dask.utils.key_split``)."""
 
@@ -202,12 +205,30 @@ def default_grid(geometry: ConeGeometry) -> VolumeGrid:
 
 
 def slab_slices_for(grid: VolumeGrid, geometry: ConeGeometry, angle_block: int) -> int:
-    """Slices per slab so that a task (slab + filtered row window) fits a quarter of the budget."""
-    budget = config.memory_budget_bytes() // 4
-    per_slice = 4 * grid.shape[1] * grid.shape[2]
+    """Slices per slab (at most 64) whose largest task fits 60% of a worker's memory budget.
+
+    The largest task is a slab's tree sum: two partial float32 slabs and their sum, three slabs
+    at once (a backprojection holds one slab and its row window).  The rest of the budget is the
+    worker's own memory and the data it holds meanwhile.  Measured at full size
+    (``benchmarks/full_slab_memory.py``, 4 GiB workers): 64-slice slabs (4.8 GB a sum) get the
+    workers killed, 32-slice slabs peak at 3.5 GiB.
+    """
+    budget = 0.6 * config.memory_budget_bytes()
+    per_slice = 3 * 4 * grid.shape[1] * grid.shape[2]
     rows_per_slice = geometry.magnification * 1.2  # cone spread of the window, conservative
     per_slice += int(4 * angle_block * geometry.n_cols * rows_per_slice)
-    return max(1, min(grid.shape[0], 64, budget // per_slice))
+    return max(1, min(grid.shape[0], 64, int(budget // per_slice)))
+
+
+def slab_slices_in_shard(shard_slices: int, grid: VolumeGrid, geometry: ConeGeometry) -> int:
+    """Slices per slab of a reconstruction written in ``shard_slices``-slice shards.
+
+    The whole shard where its slab fits a worker (:func:`slab_slices_for`), else the largest
+    divisor of it that does (at full size: 32 of the 64), so that a shard is whole slabs and
+    its writer joins them (the slabs' uint8 windows, 200 MB each at full size).
+    """
+    fits = slab_slices_for(grid, geometry, ANGLE_BLOCK)
+    return max(d for d in range(1, shard_slices + 1) if shard_slices % d == 0 and d <= fits)
 
 
 def reconstruct(
@@ -217,7 +238,7 @@ def reconstruct(
     filter: str = "hamming",
     grid: VolumeGrid | None = None,
     slab_slices: int | None = None,
-    angle_block: int = 26,
+    angle_block: int = ANGLE_BLOCK,
     row_band: int = 32,
     short_scan: bool = True,
     air: float | None = None,
@@ -331,6 +352,8 @@ def reconstruct(
             rows = [(filtered, b, j) for j in range(first, last)]
             layer[(bp, s, b)] = (_backproject, rows, geometry, a0, a1, sub, offset, backend)
             largest = max(largest, 2 * slab_bytes + 4 * (a1 - a0) * window_rows * geometry.n_cols)
+        if len(blocks) > 1:  # a tree sum: two partial slabs and their sum
+            largest = max(largest, 3 * slab_bytes)
         parts, level = [(bp, s, b) for b in range(len(blocks))], 0
         while len(parts) > 2:  # pairwise tree sum; an odd part waits for the next level
             pairs = list(zip(parts[::2], parts[1::2], strict=False))

@@ -24,7 +24,13 @@ from bonemet_dask.io.skyscan_log import format_skyscan_log, nrecon_reference, pa
 from bonemet_dask.io.store import ImageLayout
 from bonemet_dask.kernels.intensity import to_uint8
 from bonemet_dask.ops.engine import UnitContext, run_declared
-from bonemet_dask.ops.reconstruct import WINDOWS, default_grid, geometry_from_attrs, reconstruct
+from bonemet_dask.ops.reconstruct import (
+    WINDOWS,
+    default_grid,
+    geometry_from_attrs,
+    reconstruct,
+    slab_slices_in_shard,
+)
 from bonemet_dask.ops.stage import Output, Product, Stage, StageFailure, StageReport, setting
 
 __all__ = ["Reconstruct", "reconstruct_store"]
@@ -106,8 +112,9 @@ class Reconstruct(Stage, name="reconstruct", reads="rotation_xray", writes="reco
             "ct", grid.shape, "uint8", voxel_size_um=geometry.voxel_size * 1000,
             slices_per_shard=self.slices_per_shard,
         )  # fmt: skip
+        slab = slab_slices_in_shard(layout.slices_per_shard, grid, geometry)
         volume = reconstruct(projections, geometry, filter=self.filter, grid=grid,
-                             slab_slices=layout.slices_per_shard, backend=self.backend)  # fmt: skip
+                             slab_slices=slab, backend=self.backend)  # fmt: skip
         window, source = self._window(output, reference, volume)
         lo, hi = window
         grey = volume.data.map_blocks(

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bonemet_dask.cli import app
+from bonemet_dask.geometry import VolumeGrid
 from bonemet_dask.ops.plan_chain import (
     RATES_FILE,
     ScanSizes,
@@ -20,6 +21,7 @@ from bonemet_dask.ops.plan_chain import (
     stage_frame,
     work_units,
 )
+from bonemet_dask.ops.reconstruct import slab_slices_in_shard
 
 REPO = Path(__file__).resolve().parents[2]
 WIDE = {"COLUMNS": "250"}
@@ -39,9 +41,17 @@ def test_reconstruction_tasks_are_the_ones_run_submits(tiny_published, tmp_path)
 
 def test_full_size_reconstruction_graph_fits_the_memory_budget():
     tasks, largest = reconstruction_graph(ScanSizes.published())
-    # 42 slabs of 64 slices, 10 angle blocks of 26, 84 row bands of 32: thousands, not millions
+    # 84 slabs of 32 slices, 10 angle blocks of 26, 84 row bands of 32: thousands, not millions
     assert 1_000 < tasks < 10_000
-    assert largest < 4 * 2**30  # bonemet.memory-budget: 4 GiB a worker
+    # a slab's tree sum holds three float32 slabs: 64-slice slabs (4.8 GB) got 4 GiB workers
+    # killed (benchmarks/full_slab_memory.py); 32-slice ones (2.4 GB) peak at 3.5 GiB
+    assert largest < 0.6 * 4 * 2**30  # bonemet.memory-budget: 4 GiB a worker
+    sizes = ScanSizes.published()
+    grid = VolumeGrid(sizes.recon, sizes.geometry.voxel_size)
+    assert slab_slices_in_shard(64, grid, sizes.geometry) == 32
+    medium = ScanSizes.synthetic("medium")
+    grid = VolumeGrid(medium.recon, medium.geometry.voxel_size)
+    assert slab_slices_in_shard(64, grid, medium.geometry) == 64  # one slab a shard
     updates = work_units("reconstruct", ScanSizes.published())["updates"]
     assert updates == pytest.approx(4.39e12, rel=0.01)  # BENCHMARKS.md: one full scan
 
