@@ -3,12 +3,12 @@
 ``.venv/bin/python benchmarks/full_slab_memory.py``
 
 Builds the reconstruction graph ``run`` builds for one published-size scan (260 projections of
-2688 x 4032 onto 2685 x 2428 x 2588, 64-slice slabs, one per shard) over lazy random
-projections (slabs as ``reconstruct_store`` chooses them, or ``--slab-slices``), and computes
-one slab from the middle of the volume on ``bm.connect("local")``
-with two one-thread workers (the memory budget per worker is ``bonemet.memory-budget``).
-Prints the wall time, the workers' compute, and each worker's peak resident memory
-(``VmHWM``, reset before the slab), or the error when a worker is killed.
+2688 x 4032 onto 2685 x 2428 x 2588) over lazy random projections, with slabs as
+``reconstruct_store`` chooses them (or ``--slab-slices``), and computes one slab from the middle
+of the volume on ``bm.connect("local")`` with two one-thread workers (the memory budget per
+worker is ``bonemet.memory-budget``).  Prints the wall time, the workers' compute, and each
+worker's peak resident memory (``VmHWM``, reset before the slab), or the error when a worker is
+killed.
 """
 
 import sys
